@@ -1,0 +1,48 @@
+//! Per-connection state the classifier keeps between TCP segments.
+
+use crate::http::RequestParser;
+
+/// A TCP connection to an IMDS endpoint, as seen on the classifier's interface.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    /// Host byte order.
+    pub sport: u16,
+    pub dport: u16,
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Bits of [`FlowState::flags`].
+pub mod flow_flag {
+    /// The stream position is unknown (junk, an overlong head, a gap inside a
+    /// head): ignore payload until the connection ends.
+    pub const DESYNC: u8 = 1 << 0;
+}
+
+/// Value of the per-connection map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct FlowState {
+    pub parser: RequestParser,
+    /// Sequence number of the next payload byte not yet fed to the parser.
+    pub next_seq: u32,
+    /// Body bytes of the last request still to skip (Content-Length).
+    pub body_left: u32,
+    pub flags: u8,
+    pub _pad: [u8; 7],
+}
+
+impl FlowState {
+    pub const fn new(next_seq: u32) -> Self {
+        Self {
+            parser: RequestParser::new(),
+            next_seq,
+            body_left: 0,
+            flags: 0,
+            _pad: [0; 7],
+        }
+    }
+}

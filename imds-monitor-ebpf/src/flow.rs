@@ -1,0 +1,94 @@
+//! TCP sequence tracking: every payload byte of a connection reaches the
+//! parser exactly once, in order; retransmitted bytes are skipped.
+
+use aya_ebpf::{EbpfContext, helpers::generated::bpf_get_socket_cookie, programs::TcContext};
+use imds_monitor_common::{
+    class::{InvalidReason, RequestClass},
+    event::stat,
+    flow::flow_flag,
+};
+
+use crate::{
+    maps::{FLOWS, count, track_flow},
+    packet::Segment,
+    scan::{self, Origin},
+};
+
+#[inline(always)]
+pub fn on_segment(ctx: &TcContext, segment: &Segment) {
+    if segment.syn {
+        // A new connection: its first payload byte is seq + 1.
+        let _ = track_flow(&segment.key, segment.seq.wrapping_add(1));
+        return;
+    }
+    let origin = Origin {
+        key: segment.key,
+        ifindex: unsafe { (*ctx.skb.skb).ifindex },
+        socket_cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
+    };
+    if segment.payload_len != 0 {
+        on_payload(ctx, segment, &origin);
+    }
+    if segment.fin_or_rst {
+        if let Some(flow) = FLOWS.get_ptr_mut(&segment.key) {
+            let flow = unsafe { &mut *flow };
+            // The connection ended inside a request head: say so, never guess.
+            if flow.flags & flow_flag::DESYNC == 0 && flow.parser.in_request() {
+                scan::emit(
+                    &origin,
+                    &flow.parser,
+                    RequestClass::Incomplete,
+                    InvalidReason::None,
+                );
+            }
+        }
+        let _ = FLOWS.remove(&segment.key);
+    }
+}
+
+#[inline(always)]
+fn on_payload(ctx: &TcContext, segment: &Segment, origin: &Origin) {
+    let flow = match FLOWS.get_ptr_mut(&segment.key) {
+        Some(flow) => flow,
+        None => {
+            // Seen mid-connection (the monitor started while it was open, or
+            // the entry was evicted): start parsing here.
+            match track_flow(&segment.key, segment.seq) {
+                Some(flow) => flow,
+                None => return,
+            }
+        }
+    };
+    let flow = unsafe { &mut *flow };
+    if flow.flags & flow_flag::DESYNC != 0 {
+        return;
+    }
+    let len = segment.payload_len;
+    let ahead = segment.seq.wrapping_sub(flow.next_seq) as i32;
+    let mut skip = 0u32;
+    if ahead < 0 {
+        let already_seen = ahead.unsigned_abs();
+        if already_seen >= len {
+            count(stat::RETRANSMITS);
+            return;
+        }
+        // Re-segmented retransmission: only the tail is new.
+        skip = already_seen;
+    } else if ahead > 0 {
+        // Bytes were never seen (a segment lost before this hook, or map
+        // eviction): the stream position is unknown from here on.
+        count(stat::SEQUENCE_GAPS);
+        if flow.parser.in_request() {
+            scan::emit(
+                origin,
+                &flow.parser,
+                RequestClass::Incomplete,
+                InvalidReason::None,
+            );
+        }
+        flow.flags |= flow_flag::DESYNC;
+        return;
+    }
+    flow.next_seq = segment.seq.wrapping_add(len);
+    scan::scan_payload(ctx, flow, origin, segment.payload_offset + skip, len - skip);
+}

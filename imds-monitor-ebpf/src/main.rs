@@ -1,0 +1,41 @@
+//! imds-monitor kernel programs.
+//!
+//! `imds_classify` is a TC classifier on the host's interfaces toward IMDS. It
+//! keeps per-connection state for TCP flows to the configured endpoints, feeds
+//! their payload through the shared streaming parser and emits one
+//! `RequestEvent` per request head into a ring buffer.
+#![no_std]
+#![no_main]
+
+mod flow;
+mod maps;
+mod packet;
+mod scan;
+
+use aya_ebpf::{bindings::TC_ACT_UNSPEC, macros::classifier, programs::TcContext};
+
+/// Watched endpoints, written by the loader before the program is loaded.
+#[unsafe(no_mangle)]
+static ENDPOINTS: imds_monitor_common::config::Endpoints =
+    imds_monitor_common::config::Endpoints::empty();
+
+/// Sees every packet leaving the interface; acts only on TCP to IMDS endpoints.
+#[classifier]
+pub fn imds_classify(ctx: TcContext) -> i32 {
+    if let Some(segment) = packet::imds_segment(&ctx) {
+        flow::on_segment(&ctx, &segment);
+    }
+    // Monitoring never changes a packet's fate; UNSPEC lets the next program
+    // (TCX) or the default action (clsact) decide.
+    TC_ACT_UNSPEC
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

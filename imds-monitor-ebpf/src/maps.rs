@@ -1,0 +1,55 @@
+//! Maps shared by the classifier's modules and read by the daemon.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{LruHashMap, PerCpuArray, RingBuf},
+};
+use imds_monitor_common::{
+    event::stat,
+    flow::{FlowKey, FlowState},
+};
+
+/// Payload bytes of one packet the classifier inspects.
+pub const SCAN_CAP: usize = 2048;
+
+/// Connections to IMDS endpoints being parsed. LRU: a connection that
+/// vanished without FIN is evicted instead of filling the map.
+#[map]
+pub static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(8192, 0);
+
+/// Classified requests for the daemon.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
+
+/// Counters the daemon reports (`event::stat`).
+#[map]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+
+/// Per-CPU copy of the payload being scanned (too large for the stack).
+#[map]
+pub static SCRATCH: PerCpuArray<[u8; SCAN_CAP]> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU staging area for a new `FLOWS` value (too large for the stack).
+#[map]
+static NEW_FLOW: PerCpuArray<FlowState> = PerCpuArray::with_max_entries(1, 0);
+
+/// Starts tracking a connection whose next payload byte has sequence `next_seq`.
+#[inline(always)]
+pub fn track_flow(key: &FlowKey, next_seq: u32) -> Option<*mut FlowState> {
+    let staged = NEW_FLOW.get_ptr_mut(0)?;
+    let staged = unsafe { &mut *staged };
+    staged.parser.reset();
+    staged.next_seq = next_seq;
+    staged.body_left = 0;
+    staged.flags = 0;
+    FLOWS.insert(key, &*staged, 0).ok()?;
+    FLOWS.get_ptr_mut(key)
+}
+
+#[inline(always)]
+pub fn count(index: u32) {
+    if let Some(counter) = STATS.get_ptr_mut(index) {
+        // Per-CPU value: no other writer while this program runs on this CPU.
+        unsafe { *counter += 1 };
+    }
+}

@@ -1,0 +1,187 @@
+//! Header parsing: finds TCP segments to a watched IMDS endpoint and leaves
+//! every other packet after a few compares.
+
+use core::mem::size_of;
+
+use aya_ebpf::programs::TcContext;
+use imds_monitor_common::{
+    config::{MAX_V4_ENDPOINTS, MAX_V6_ENDPOINTS},
+    event::{AF_INET, AF_INET6},
+    flow::FlowKey,
+};
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    tcp::TcpHdr,
+};
+
+use crate::ENDPOINTS;
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const IPPROTO_TCP: u8 = 6;
+
+/// A TCP segment to a watched endpoint.
+pub struct Segment {
+    pub key: FlowKey,
+    pub seq: u32,
+    pub syn: bool,
+    pub fin_or_rst: bool,
+    /// Offset of the TCP payload from the start of the packet.
+    pub payload_offset: u32,
+    pub payload_len: u32,
+}
+
+#[inline(always)]
+fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Option<*const T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + size_of::<T>() > end {
+        return None;
+    }
+    Some((start + offset) as *const T)
+}
+
+#[inline(always)]
+pub fn imds_segment(ctx: &TcContext) -> Option<Segment> {
+    let eth: *const EthHdr = ptr_at(ctx, 0)?;
+    match u16::from_be(unsafe { (*eth).ether_type }) {
+        ETH_P_IP => ipv4_segment(ctx),
+        ETH_P_IPV6 => ipv6_segment(ctx),
+        _ => None,
+    }
+}
+
+#[inline(always)]
+fn ipv4_segment(ctx: &TcContext) -> Option<Segment> {
+    let ip: *const Ipv4Hdr = ptr_at(ctx, EthHdr::LEN)?;
+    let ip = unsafe { &*ip };
+    if ip.proto != IPPROTO_TCP {
+        return None;
+    }
+    let daddr = u32::from_ne_bytes(ip.dst_addr);
+    let count = unsafe { core::ptr::read_volatile(&ENDPOINTS.v4_count) } as usize;
+    let mut watched_port = None;
+    for i in 0..MAX_V4_ENDPOINTS {
+        if i >= count {
+            break;
+        }
+        if unsafe { core::ptr::read_volatile(&ENDPOINTS.v4_addrs[i]) } == daddr {
+            watched_port = Some(unsafe { core::ptr::read_volatile(&ENDPOINTS.v4_ports[i]) });
+            break;
+        }
+    }
+    let watched_port = watched_port?;
+    // Later fragments carry no TCP header; IMDS requests are never fragmented.
+    if u16::from_be_bytes(ip.frags) & 0x1fff != 0 {
+        return None;
+    }
+    let ihl = ((ip.vihl & 0x0f) as usize) * 4;
+    if ihl < Ipv4Hdr::LEN {
+        return None;
+    }
+    let l4 = EthHdr::LEN + ihl;
+    let ip_len = u16::from_be_bytes(ip.tot_len) as u32;
+    let mut key = FlowKey {
+        saddr: [0; 16],
+        daddr: [0; 16],
+        sport: 0,
+        dport: 0,
+        family: AF_INET,
+        _pad: [0; 3],
+    };
+    key.saddr[..4].copy_from_slice(&ip.src_addr);
+    key.daddr[..4].copy_from_slice(&ip.dst_addr);
+    // A GSO packet may carry tot_len 0 (BIG TCP): fall back to the skb length.
+    let l3_len = if ip_len != 0 {
+        ip_len
+    } else {
+        ctx.len().saturating_sub(EthHdr::LEN as u32)
+    };
+    tcp_segment(
+        ctx,
+        key,
+        watched_port,
+        l4,
+        l3_len.saturating_sub(ihl as u32),
+    )
+}
+
+#[inline(always)]
+fn ipv6_segment(ctx: &TcContext) -> Option<Segment> {
+    let ip: *const Ipv6Hdr = ptr_at(ctx, EthHdr::LEN)?;
+    let ip = unsafe { &*ip };
+    // Extension headers before TCP are not followed: IMDS clients send none.
+    if ip.next_hdr != IPPROTO_TCP {
+        return None;
+    }
+    let count = unsafe { core::ptr::read_volatile(&ENDPOINTS.v6_count) } as usize;
+    let mut watched_port = None;
+    for i in 0..MAX_V6_ENDPOINTS {
+        if i >= count {
+            break;
+        }
+        let addr = unsafe { core::ptr::read_volatile(&ENDPOINTS.v6_addrs[i]) };
+        if addr == ip.dst_addr {
+            watched_port = Some(unsafe { core::ptr::read_volatile(&ENDPOINTS.v6_ports[i]) });
+            break;
+        }
+    }
+    let watched_port = watched_port?;
+    let key = FlowKey {
+        saddr: ip.src_addr,
+        daddr: ip.dst_addr,
+        sport: 0,
+        dport: 0,
+        family: AF_INET6,
+        _pad: [0; 3],
+    };
+    let payload_len = u16::from_be_bytes(ip.payload_len) as u32;
+    let payload_len = if payload_len != 0 {
+        payload_len
+    } else {
+        ctx.len()
+            .saturating_sub((EthHdr::LEN + Ipv6Hdr::LEN) as u32)
+    };
+    tcp_segment(
+        ctx,
+        key,
+        watched_port,
+        EthHdr::LEN + Ipv6Hdr::LEN,
+        payload_len,
+    )
+}
+
+/// `l4_len`: bytes from the TCP header to the end of the IP payload.
+#[inline(always)]
+fn tcp_segment(
+    ctx: &TcContext,
+    mut key: FlowKey,
+    watched_port: u16,
+    l4_offset: usize,
+    l4_len: u32,
+) -> Option<Segment> {
+    if l4_offset > 128 {
+        return None;
+    }
+    let tcp: *const TcpHdr = ptr_at(ctx, l4_offset)?;
+    let tcp = unsafe { &*tcp };
+    let dest = u16::from_ne_bytes(tcp.dest);
+    if dest != watched_port {
+        return None;
+    }
+    let doff = (tcp.doff() as u32) * 4;
+    if doff < TcpHdr::LEN as u32 || doff > l4_len {
+        return None;
+    }
+    key.sport = u16::from_be_bytes(tcp.source);
+    key.dport = u16::from_be(dest);
+    Some(Segment {
+        key,
+        seq: u32::from_be_bytes(tcp.seq),
+        syn: tcp.syn() != 0,
+        fin_or_rst: tcp.fin() != 0 || tcp.rst() != 0,
+        payload_offset: l4_offset as u32 + doff,
+        payload_len: l4_len - doff,
+    })
+}

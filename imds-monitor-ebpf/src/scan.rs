@@ -1,0 +1,171 @@
+//! Feeds a segment's payload through the shared parser with `bpf_loop`, and
+//! emits an event for every request head that completes.
+
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    EbpfContext,
+    helpers::generated::{bpf_ktime_get_boot_ns, bpf_loop},
+    programs::TcContext,
+};
+use imds_monitor_common::{
+    class::{InvalidReason, RequestClass, Verdict},
+    event::{RequestEvent, stat},
+    flow::{FlowKey, FlowState, flow_flag},
+    http::{RequestParser, Step, flag},
+};
+
+use crate::maps::{EVENTS, SCAN_CAP, SCRATCH, count};
+
+/// Where a request came from, copied into each event of a packet.
+pub struct Origin {
+    pub key: FlowKey,
+    pub ifindex: u32,
+    pub socket_cookie: u64,
+}
+
+/// State shared with the `bpf_loop` callback (lives on the caller's stack).
+struct ScanState {
+    bytes: *const [u8; SCAN_CAP],
+    flow: *mut FlowState,
+    origin: *const Origin,
+}
+
+#[inline(always)]
+pub fn scan_payload(ctx: &TcContext, flow: &mut FlowState, origin: &Origin, offset: u32, len: u32) {
+    let Some(bytes) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    let n = if len as u64 > SCAN_CAP as u64 {
+        // More than one packet's scan budget (a GSO burst of pipelined
+        // requests): the rest cannot be followed.
+        count(stat::TRUNCATED_PACKETS);
+        SCAN_CAP as u64
+    } else {
+        len as u64
+    };
+    if n == 0 {
+        return;
+    }
+    // black_box hides the range from LLVM so it cannot fold the mask away;
+    // the verifier then sees the length in [1, SCAN_CAP] in the passed register.
+    let n = (core::hint::black_box(n).wrapping_sub(1) & (SCAN_CAP as u64 - 1)) + 1;
+    if load_bytes(ctx, offset, bytes.cast(), n) != 0 {
+        return;
+    }
+    let n = n as u32;
+    let mut state = ScanState {
+        bytes,
+        flow,
+        origin,
+    };
+    let callback = scan_byte as unsafe extern "C" fn(u64, *mut c_void) -> i64;
+    unsafe {
+        bpf_loop(
+            n,
+            callback as *mut c_void,
+            (&mut state as *mut ScanState).cast(),
+            0,
+        )
+    };
+    if n < len && flow.flags & flow_flag::DESYNC == 0 {
+        if flow.parser.in_request() {
+            emit(
+                origin,
+                &flow.parser,
+                RequestClass::Incomplete,
+                InvalidReason::None,
+            );
+        }
+        flow.flags |= flow_flag::DESYNC;
+    }
+}
+
+/// `bpf_skb_load_bytes` with a 64-bit length argument (see `scan_payload`).
+#[inline(always)]
+fn load_bytes(ctx: &TcContext, offset: u32, to: *mut c_void, len: u64) -> i64 {
+    const BPF_FUNC_SKB_LOAD_BYTES: usize = 26;
+    let helper: unsafe extern "C" fn(*mut c_void, u32, *mut c_void, u64) -> i64 =
+        unsafe { core::mem::transmute(BPF_FUNC_SKB_LOAD_BYTES) };
+    unsafe { helper(ctx.as_ptr(), offset, to, len) }
+}
+
+/// One payload byte. Returns 1 to stop the loop. The index is taken as 64
+/// bits (the kernel passes a zero-extended u32) so its bounds check and its
+/// use are the same register.
+unsafe extern "C" fn scan_byte(index: u64, state: *mut c_void) -> i64 {
+    let state = unsafe { &mut *state.cast::<ScanState>() };
+    if index >= SCAN_CAP as u64 {
+        return 1;
+    }
+    let byte = unsafe { (*state.bytes)[index as usize] };
+    let flow = unsafe { &mut *state.flow };
+    if flow.body_left != 0 {
+        flow.body_left -= 1;
+        return 0;
+    }
+    match flow.parser.feed(byte) {
+        Step::More => 0,
+        Step::Complete => {
+            let (class, reason) = flow.parser.classify();
+            emit(unsafe { &*state.origin }, &flow.parser, class, reason);
+            if flow.parser.flags & flag::CONTENT_LENGTH != 0 {
+                flow.body_left = flow.parser.content_length;
+            }
+            flow.parser.reset();
+            0
+        }
+        Step::Malformed => {
+            let origin = unsafe { &*state.origin };
+            emit(
+                origin,
+                &flow.parser,
+                RequestClass::Invalid,
+                InvalidReason::Malformed,
+            );
+            flow.flags |= flow_flag::DESYNC;
+            1
+        }
+        Step::Overflow => {
+            let origin = unsafe { &*state.origin };
+            emit(
+                origin,
+                &flow.parser,
+                RequestClass::Incomplete,
+                InvalidReason::None,
+            );
+            flow.flags |= flow_flag::DESYNC;
+            1
+        }
+    }
+}
+
+#[inline(always)]
+pub fn emit(origin: &Origin, parser: &RequestParser, class: RequestClass, reason: InvalidReason) {
+    count(stat::CLASS_BASE + class as u32);
+    let Some(mut entry) = EVENTS.reserve::<RequestEvent>(0) else {
+        count(stat::LOST_EVENTS);
+        return;
+    };
+    let event = unsafe { &mut *entry.as_mut_ptr() };
+    event.kind = imds_monitor_common::event::kind::REQUEST;
+    event.class = class as u8;
+    event.reason = reason as u8;
+    event.verdict = Verdict::Allowed as u8;
+    event.method_len = parser.method_len;
+    event.family = origin.key.family;
+    event.flags = parser.flags;
+    event.path_len = parser.path_len;
+    event.sport = origin.key.sport;
+    event.dport = origin.key.dport;
+    event.ifindex = origin.ifindex;
+    event.ttl = parser.ttl;
+    event.saddr = origin.key.saddr;
+    event.daddr = origin.key.daddr;
+    event.boot_ns = unsafe { bpf_ktime_get_boot_ns() };
+    event.socket_cookie = origin.socket_cookie;
+    event._pad = 0;
+    event.method = parser.method;
+    event.path = parser.path;
+    entry.submit(0);
+}

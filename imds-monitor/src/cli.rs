@@ -1,0 +1,77 @@
+//! Command line: every flag a user can meet, with examples in `--help`.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::{endpoints, policy::Mode};
+
+const EXAMPLES: &str = "\
+Examples:
+  # Watch IMDS traffic and print one JSON line per request
+  sudo imds-monitor run
+
+  # Alert on IMDSv1 and write to a rotating file for the SIEM
+  sudo imds-monitor run --mode alert --output /var/log/imds-monitor/events.json
+
+  # Also watch the ECS task credentials endpoint, on a chosen interface
+  sudo imds-monitor run --iface ens5 --endpoint 169.254.169.254 --endpoint 169.254.170.2:80";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "imds-monitor",
+    version,
+    about = "Finds, per process and container, what still uses IMDSv1 on an EC2 host",
+    after_help = EXAMPLES
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Attach to the host's interfaces and stream one JSON line per IMDS request
+    #[command(after_help = EXAMPLES)]
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Interface to watch (repeatable). Default: the interfaces that route to
+    /// the endpoints; forwarded container traffic leaves through them too.
+    #[arg(long = "iface", value_name = "NAME")]
+    pub ifaces: Vec<String>,
+
+    /// monitor: report every request; alert: also mark IMDSv1 requests as alerts
+    #[arg(long, value_enum, default_value_t = Mode::Monitor)]
+    pub mode: Mode,
+
+    /// Where to write events: `-` for stdout, or a file (appended, rotated by size,
+    /// reopened on SIGHUP for logrotate)
+    #[arg(long, short, value_name = "-|PATH", default_value = "-")]
+    pub output: String,
+
+    /// Endpoint to watch, `ADDR`, `ADDR:PORT` or `[V6ADDR]:PORT` (repeatable; port 80
+    /// if omitted). Default: 169.254.169.254:80 and [fd00:ec2::254]:80
+    #[arg(long = "endpoint", value_name = "ADDR[:PORT]", value_parser = endpoints::parse)]
+    pub endpoints: Vec<SocketAddr>,
+
+    /// Rotate the output file when it grows past this many MiB
+    #[arg(long, value_name = "MIB", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    pub rotate_mib: u64,
+
+    /// Rotated files to keep (gzip-compressed, except the newest)
+    #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub rotate_keep: u64,
+
+    /// How to attach to TC: tcx (kernel >= 6.6), netlink (clsact), or auto
+    #[arg(long, value_enum, default_value_t = crate::kernel::AttachMode::Auto, hide = true)]
+    pub attach: crate::kernel::AttachMode,
+}
+
+impl RunArgs {
+    pub fn output_path(&self) -> Option<PathBuf> {
+        (self.output != "-").then(|| PathBuf::from(&self.output))
+    }
+}

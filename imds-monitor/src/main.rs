@@ -1,0 +1,36 @@
+//! imds-monitor: finds which workloads on an EC2 host still use IMDSv1.
+//!
+//! Data path: packet -> kernel classifier (`imds-monitor-ebpf`) -> ring buffer
+//! -> [`event`] decode -> [`output::ecs`] JSON -> [`output::sink`].
+
+mod cli;
+mod clock;
+mod endpoints;
+mod event;
+mod interfaces;
+mod kernel;
+mod output;
+mod policy;
+mod run;
+mod stats;
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_target(false)
+        .init();
+    let cli = cli::Cli::parse();
+    let result = match cli.command {
+        cli::Command::Run(args) => run::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("imds-monitor: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,307 @@
+//! Builds the JSON documents. Field names follow ECS; the tool's own fields
+//! live under `imds.`. A field keeps one type forever: optional facts are
+//! left out, never written as null or as another type. Documented in
+//! docs/events.md.
+
+use std::{net::SocketAddr, time::SystemTime};
+
+use serde_json::{Map, Value, json};
+
+use crate::{
+    event::{PathCategory, Request},
+    policy::Mode,
+    stats::KernelStats,
+};
+use imds_monitor_common::{
+    class::{InvalidReason, RequestClass, Verdict},
+    http::flag,
+};
+
+pub const ECS_VERSION: &str = "8.11.0";
+
+/// Facts shared by every event of this run.
+#[derive(Clone, Debug)]
+pub struct RunInfo {
+    pub host_name: String,
+    pub mode: Mode,
+    pub interfaces: Vec<String>,
+    pub endpoints: Vec<SocketAddr>,
+    pub attach_method: &'static str,
+}
+
+fn timestamp(t: SystemTime) -> String {
+    humantime::format_rfc3339_micros(t).to_string()
+}
+
+fn network_type(addr: &SocketAddr) -> &'static str {
+    if addr.is_ipv4() { "ipv4" } else { "ipv6" }
+}
+
+fn base(t: SystemTime, action: &str, kind: &str, info: &RunInfo) -> Map<String, Value> {
+    let mut doc = Map::new();
+    doc.insert("@timestamp".into(), timestamp(t).into());
+    doc.insert(
+        "event".into(),
+        json!({
+            "kind": kind,
+            "action": action,
+            "module": "imds-monitor",
+            "dataset": "imds_monitor.events",
+        }),
+    );
+    doc.insert("host".into(), json!({ "name": info.host_name }));
+    doc.insert("ecs".into(), json!({ "version": ECS_VERSION }));
+    doc
+}
+
+/// `event.action: "imds-request"`: one classified request.
+pub fn request(req: &Request, interface: &str, info: &RunInfo) -> Value {
+    let verdict = info.mode.verdict(req.class);
+    let kind = if verdict == Verdict::Allowed {
+        "event"
+    } else {
+        "alert"
+    };
+    let mut doc = base(req.time, "imds-request", kind, info);
+    let event = doc["event"].as_object_mut().expect("event is an object");
+    event.insert("category".into(), json!(["network"]));
+    event.insert("type".into(), json!(["access", "connection"]));
+
+    let mut imds = Map::new();
+    imds.insert("class".into(), req.class.as_str().into());
+    imds.insert("version".into(), req.class.version().into());
+    imds.insert("verdict".into(), verdict.as_str().into());
+    imds.insert(
+        "path_category".into(),
+        PathCategory::of(&req.path).as_str().into(),
+    );
+    imds.insert("path_truncated".into(), req.path_truncated.into());
+    imds.insert(
+        "x_forwarded_for".into(),
+        (req.flags & flag::FORWARDED_FOR != 0).into(),
+    );
+    if req.class == RequestClass::Invalid && req.reason != InvalidReason::None {
+        imds.insert("invalid_reason".into(), req.reason.as_str().into());
+    }
+    if req.class == RequestClass::OtherCloud {
+        let cloud = if req.flags & flag::GCP != 0 {
+            "gcp"
+        } else if req.flags & flag::AZURE != 0 {
+            "azure"
+        } else {
+            "oracle"
+        };
+        imds.insert("other_cloud".into(), cloud.into());
+    }
+    if let Some(ttl) = req.token_ttl {
+        imds.insert("token_ttl_seconds".into(), ttl.into());
+    }
+    imds.insert("interface".into(), interface.into());
+    doc.insert("imds".into(), imds.into());
+
+    if !req.method.is_empty() {
+        doc.insert(
+            "http".into(),
+            json!({ "request": { "method": req.method } }),
+        );
+    }
+    if !req.path.is_empty() {
+        doc.insert("url".into(), json!({ "path": req.path }));
+    }
+    doc.insert(
+        "source".into(),
+        json!({ "ip": req.source.ip().to_string(), "port": req.source.port() }),
+    );
+    doc.insert(
+        "destination".into(),
+        json!({ "ip": req.destination.ip().to_string(), "port": req.destination.port() }),
+    );
+    doc.insert(
+        "network".into(),
+        json!({
+            "type": network_type(&req.destination),
+            "transport": "tcp",
+            "protocol": "http",
+            "direction": "egress",
+        }),
+    );
+    doc.insert(
+        "observer".into(),
+        json!({ "egress": { "interface": { "name": interface, "id": req.ifindex.to_string() } } }),
+    );
+    doc.into()
+}
+
+/// `event.action: "monitor-started"`: the first line, once everything is attached.
+pub fn started(info: &RunInfo) -> Value {
+    let mut doc = base(SystemTime::now(), "monitor-started", "event", info);
+    doc.insert(
+        "imds".into(),
+        json!({
+            "mode": info.mode.as_str(),
+            "interfaces": info.interfaces,
+            "endpoints": info.endpoints.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "attach_method": info.attach_method,
+        }),
+    );
+    doc.insert(
+        "service".into(),
+        json!({ "name": "imds-monitor", "version": env!("CARGO_PKG_VERSION") }),
+    );
+    doc.into()
+}
+
+/// `event.action: "monitor-stopped"`: the last line, with the run's counters.
+pub fn stopped(info: &RunInfo, stats: &KernelStats, printed: u64) -> Value {
+    let mut doc = base(SystemTime::now(), "monitor-stopped", "event", info);
+    let mut requests = Map::new();
+    for class in RequestClass::ALL {
+        requests.insert(class.as_str().into(), stats.requests[class as usize].into());
+    }
+    doc.insert(
+        "imds".into(),
+        json!({
+            "mode": info.mode.as_str(),
+            "interfaces": info.interfaces,
+            "counters": {
+                "requests": requests,
+                "events_written": printed,
+                "lost_events": stats.lost_events,
+                "retransmitted_segments": stats.retransmits,
+                "sequence_gaps": stats.sequence_gaps,
+                "truncated_packets": stats.truncated_packets,
+            },
+        }),
+    );
+    doc.insert(
+        "service".into(),
+        json!({ "name": "imds-monitor", "version": env!("CARGO_PKG_VERSION") }),
+    );
+    doc.into()
+}
+
+/// `event.action: "events-lost"`: the ring buffer overflowed; never silent.
+pub fn lost(info: &RunInfo, lost_since_last: u64, lost_total: u64) -> Value {
+    let mut doc = base(SystemTime::now(), "events-lost", "alert", info);
+    doc.insert(
+        "imds".into(),
+        json!({ "lost_events": lost_since_last, "lost_events_total": lost_total }),
+    );
+    doc.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::*;
+
+    fn info(mode: Mode) -> RunInfo {
+        RunInfo {
+            host_name: "ip-10-0-0-1".into(),
+            mode,
+            interfaces: vec!["eth0".into()],
+            endpoints: vec!["169.254.169.254:80".parse().unwrap()],
+            attach_method: "tcx",
+        }
+    }
+
+    fn request_of(class: RequestClass, method: &str, path: &str) -> Request {
+        Request {
+            time: UNIX_EPOCH + Duration::from_micros(1_795_000_000_123_456),
+            class,
+            reason: InvalidReason::None,
+            method: method.into(),
+            path: path.into(),
+            path_truncated: false,
+            flags: 0,
+            token_ttl: None,
+            source: "198.18.0.10:41000".parse().unwrap(),
+            destination: "169.254.169.254:80".parse().unwrap(),
+            ifindex: 2,
+            socket_cookie: 0,
+        }
+    }
+
+    #[test]
+    fn v1_request_in_alert_mode_is_an_alert() {
+        let req = request_of(
+            RequestClass::V1Get,
+            "GET",
+            "/latest/meta-data/iam/security-credentials/role",
+        );
+        let doc = request(&req, "eth0", &info(Mode::Alert));
+        assert_eq!(doc["event"]["kind"], "alert");
+        assert_eq!(doc["event"]["action"], "imds-request");
+        assert_eq!(doc["imds"]["class"], "v1_get");
+        assert_eq!(doc["imds"]["version"], "v1");
+        assert_eq!(doc["imds"]["verdict"], "alerted");
+        assert_eq!(doc["imds"]["path_category"], "credentials");
+        assert_eq!(doc["http"]["request"]["method"], "GET");
+        assert_eq!(doc["source"]["ip"], "198.18.0.10");
+        assert_eq!(doc["source"]["port"], 41000);
+        assert_eq!(doc["destination"]["port"], 80);
+        assert_eq!(doc["network"]["type"], "ipv4");
+        assert_eq!(doc["network"]["transport"], "tcp");
+        assert_eq!(doc["observer"]["egress"]["interface"]["name"], "eth0");
+        assert_eq!(doc["host"]["name"], "ip-10-0-0-1");
+        assert_eq!(doc["@timestamp"], "2026-11-19T07:33:20.123456Z");
+        assert!(
+            doc["imds"].get("token_ttl_seconds").is_none(),
+            "absent, not null"
+        );
+    }
+
+    #[test]
+    fn monitor_mode_never_alerts() {
+        for class in RequestClass::ALL {
+            let doc = request(&request_of(class, "GET", "/"), "eth0", &info(Mode::Monitor));
+            assert_eq!(doc["event"]["kind"], "event", "{class:?}");
+            assert_eq!(doc["imds"]["verdict"], "allowed");
+        }
+    }
+
+    #[test]
+    fn token_put_carries_ttl_and_invalid_carries_reason() {
+        let mut put = request_of(RequestClass::V2TokenPut, "PUT", "/latest/api/token");
+        put.token_ttl = Some(21600);
+        let doc = request(&put, "eth0", &info(Mode::Alert));
+        assert_eq!(doc["imds"]["token_ttl_seconds"], 21600);
+        assert_eq!(doc["imds"]["path_category"], "token");
+        assert_eq!(doc["event"]["kind"], "event");
+
+        let mut bad = request_of(RequestClass::Invalid, "PUT", "/latest/api/token");
+        bad.reason = InvalidReason::ForwardedFor;
+        bad.flags = flag::FORWARDED_FOR;
+        let doc = request(&bad, "eth0", &info(Mode::Alert));
+        assert_eq!(doc["imds"]["invalid_reason"], "x_forwarded_for");
+        assert_eq!(doc["imds"]["x_forwarded_for"], true);
+    }
+
+    #[test]
+    fn attacker_controlled_path_is_escaped() {
+        let req = request_of(
+            RequestClass::V1Get,
+            "GET",
+            "/latest/\"}\n{\"evil\":1\u{1b}[31m",
+        );
+        let line = serde_json::to_string(&request(&req, "eth0", &info(Mode::Monitor))).unwrap();
+        assert!(!line.contains('\n'), "one line");
+        assert!(!line.contains('\u{1b}'), "no raw escape characters");
+        let back: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(back["url"]["path"], req.path);
+        assert!(back.get("evil").is_none());
+    }
+
+    #[test]
+    fn stopped_reports_counters_per_class() {
+        let mut stats = KernelStats::default();
+        stats.requests[RequestClass::V1Get as usize] = 3;
+        stats.lost_events = 1;
+        let doc = stopped(&info(Mode::Monitor), &stats, 2);
+        assert_eq!(doc["event"]["action"], "monitor-stopped");
+        assert_eq!(doc["imds"]["counters"]["requests"]["v1_get"], 3);
+        assert_eq!(doc["imds"]["counters"]["requests"]["incomplete"], 0);
+        assert_eq!(doc["imds"]["counters"]["lost_events"], 1);
+    }
+}

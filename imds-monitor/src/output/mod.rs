@@ -1,0 +1,4 @@
+//! Events as Elastic Common Schema JSON lines, and where they go.
+
+pub mod ecs;
+pub mod sink;

@@ -1,0 +1,157 @@
+//! `imds-monitor run`: attach, stream events until SIGINT/SIGTERM, detach.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use aya::maps::{MapData, RingBuf};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+};
+
+use crate::{
+    cli::RunArgs,
+    clock::BootClock,
+    endpoints, event,
+    interfaces::{self, NameCache},
+    kernel::Kernel,
+    output::{
+        ecs::{self, RunInfo},
+        sink::{Rotation, Sink},
+    },
+    stats,
+};
+
+/// Records handled per wake-up before the sink is written and signals polled.
+const BATCH: usize = 4096;
+
+pub fn run(args: RunArgs) -> Result<()> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?
+        .block_on(run_until_signal(args))
+}
+
+async fn run_until_signal(args: RunArgs) -> Result<()> {
+    let endpoints = if args.endpoints.is_empty() {
+        endpoints::defaults()
+    } else {
+        args.endpoints.clone()
+    };
+    let table = endpoints::to_kernel(&endpoints)?;
+    let ifaces = interfaces::choose(&args.ifaces, &endpoints)?;
+    // Open the output before attaching: a bad path fails with nothing attached.
+    let rotation = Rotation {
+        max_bytes: usize::try_from(args.rotate_mib.saturating_mul(1 << 20)).unwrap_or(usize::MAX),
+        keep: args.rotate_keep as usize,
+    };
+    let mut sink = Sink::open(args.output_path().as_deref(), rotation)?;
+    // Registered before attaching, so a signal during start-up still stops us cleanly.
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+
+    let mut kernel = Kernel::load(&table)?;
+    for iface in &ifaces {
+        kernel.attach_egress(iface, args.attach)?;
+    }
+    // SAFETY: the ring buffer owns its fd and keeps it open while AsyncFd owns it.
+    let mut events =
+        unsafe { AsyncFd::register(kernel.take_events()?) }.context("polling the ring buffer")?;
+    let stats_map = kernel.take_stats()?;
+    let info = RunInfo {
+        host_name: nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        mode: args.mode,
+        interfaces: kernel.interfaces(),
+        endpoints,
+        attach_method: kernel.method,
+    };
+    sink.write_value(&ecs::started(&info))?;
+    log::info!(
+        "watching {} on {} ({}), mode {}",
+        info.endpoints
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+        info.interfaces.join(", "),
+        info.attach_method,
+        info.mode.as_str()
+    );
+
+    let mut writer = EventWriter::default();
+    let mut lost_reported = 0;
+    let mut lost_check = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            ready = events.readable_mut() => {
+                let mut ready = ready?;
+                writer.drain(ready.get_inner_mut(), &info, &mut sink)?;
+                ready.clear_ready();
+            }
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            _ = sighup.recv() => match sink.reopen() {
+                Ok(()) => log::info!("SIGHUP: output reopened"),
+                Err(e) => log::warn!("SIGHUP: kept the current output: {e:#}"),
+            },
+            _ = lost_check.tick() => {
+                let lost = stats::read(&stats_map)?.lost_events;
+                if lost > lost_reported {
+                    sink.write_value(&ecs::lost(&info, lost - lost_reported, lost))?;
+                    lost_reported = lost;
+                }
+            }
+        }
+    }
+
+    kernel.detach_all();
+    // Detached: nothing new arrives; what is queued still gets written.
+    while writer.drain(events.get_mut(), &info, &mut sink)? == BATCH {}
+    let totals = stats::read(&stats_map)?;
+    sink.write_value(&ecs::stopped(&info, &totals, writer.written))?;
+    log::info!("detached from {}", info.interfaces.join(", "));
+    Ok(())
+}
+
+/// Turns ring-buffer records into JSON lines, a batch per write.
+#[derive(Default)]
+struct EventWriter {
+    names: NameCache,
+    batch: Vec<u8>,
+    written: u64,
+}
+
+impl EventWriter {
+    /// Handles up to [`BATCH`] records; returns how many it handled.
+    fn drain(
+        &mut self,
+        ring: &mut RingBuf<MapData>,
+        info: &RunInfo,
+        sink: &mut Sink,
+    ) -> Result<usize> {
+        let clock = BootClock::now();
+        let mut handled = 0;
+        self.batch.clear();
+        while handled < BATCH {
+            let Some(record) = ring.next() else {
+                break;
+            };
+            handled += 1;
+            let Some(request) = event::decode(&record, &clock) else {
+                log::debug!("skipped a record of {} bytes", record.len());
+                continue;
+            };
+            drop(record);
+            let interface = self.names.name(request.ifindex).to_owned();
+            serde_json::to_writer(&mut self.batch, &ecs::request(&request, &interface, info))?;
+            self.batch.push(b'\n');
+            self.written += 1;
+        }
+        sink.write_batch(&self.batch).context("writing events")?;
+        Ok(handled)
+    }
+}
