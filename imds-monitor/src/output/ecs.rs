@@ -245,7 +245,7 @@ mod tests {
         assert_eq!(doc["network"]["transport"], "tcp");
         assert_eq!(doc["observer"]["egress"]["interface"]["name"], "eth0");
         assert_eq!(doc["host"]["name"], "ip-10-0-0-1");
-        assert_eq!(doc["@timestamp"], "2026-11-19T07:33:20.123456Z");
+        assert_eq!(doc["@timestamp"], "2026-11-18T11:06:40.123456Z");
         assert!(
             doc["imds"].get("token_ttl_seconds").is_none(),
             "absent, not null"
