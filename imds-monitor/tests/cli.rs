@@ -1,0 +1,60 @@
+//! The command line as a user meets it: help with examples, and bad input
+//! that names the problem. None of these attach anything.
+//!
+//! Also makes `cargo test` build the `imds-monitor` binary that the sandbox's
+//! integration tests (crate `imds-sandbox`) run.
+
+use std::process::{Command, Output};
+
+fn imds_monitor(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_imds-monitor"))
+        .args(args)
+        .output()
+        .expect("run imds-monitor")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn help_shows_examples() {
+    let out = imds_monitor(&["run", "--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for needle in ["--mode", "--output", "--endpoint", "--iface", "Examples:", "sudo imds-monitor run"] {
+        assert!(help.contains(needle), "help lacks {needle:?}:\n{help}");
+    }
+}
+
+#[test]
+fn bad_mode_names_the_choices() {
+    let out = imds_monitor(&["run", "--mode", "block"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("'block'") && err.contains("monitor") && err.contains("alert"), "{err}");
+}
+
+#[test]
+fn bad_endpoint_says_what_is_expected() {
+    let out = imds_monitor(&["run", "--endpoint", "metadata.google.internal"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("not an address") && err.contains("ADDR:PORT"), "{err}");
+}
+
+#[test]
+fn unknown_interface_is_named_before_anything_is_attached() {
+    let out = imds_monitor(&["run", "--iface", "nosuchif9"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("`nosuchif9` not found"), "{err}");
+    assert!(out.stdout.is_empty(), "no event before a failed start");
+}
+
+#[test]
+fn unwritable_output_is_named() {
+    let out = imds_monitor(&["run", "--iface", "lo", "--output", "/proc/imds-monitor/events.json"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("/proc/imds-monitor"), "{}", stderr(&out));
+}
