@@ -22,7 +22,14 @@ fn help_shows_examples() {
     let out = imds_monitor(&["run", "--help"]);
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
-    for needle in ["--mode", "--output", "--endpoint", "--iface", "Examples:", "sudo imds-monitor run"] {
+    for needle in [
+        "--mode",
+        "--output",
+        "--endpoint",
+        "--iface",
+        "Examples:",
+        "sudo imds-monitor run",
+    ] {
         assert!(help.contains(needle), "help lacks {needle:?}:\n{help}");
     }
 }
@@ -32,7 +39,10 @@ fn bad_mode_names_the_choices() {
     let out = imds_monitor(&["run", "--mode", "block"]);
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
-    assert!(err.contains("'block'") && err.contains("monitor") && err.contains("alert"), "{err}");
+    assert!(
+        err.contains("'block'") && err.contains("monitor") && err.contains("alert"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -40,7 +50,10 @@ fn bad_endpoint_says_what_is_expected() {
     let out = imds_monitor(&["run", "--endpoint", "metadata.google.internal"]);
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
-    assert!(err.contains("not an address") && err.contains("ADDR:PORT"), "{err}");
+    assert!(
+        err.contains("not an address") && err.contains("ADDR:PORT"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -54,7 +67,17 @@ fn unknown_interface_is_named_before_anything_is_attached() {
 
 #[test]
 fn unwritable_output_is_named() {
-    let out = imds_monitor(&["run", "--iface", "lo", "--output", "/proc/imds-monitor/events.json"]);
+    let out = imds_monitor(&[
+        "run",
+        "--iface",
+        "lo",
+        "--output",
+        "/proc/imds-monitor/events.json",
+    ]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("/proc/imds-monitor"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("/proc/imds-monitor"),
+        "{}",
+        stderr(&out)
+    );
 }
