@@ -30,6 +30,13 @@ pub fn imds_classify(ctx: TcContext) -> i32 {
     TC_ACT_UNSPEC
 }
 
+/// Does nothing: the benchmark attaches it beside `imds_classify` to measure
+/// what the classifier costs over an empty program.
+#[classifier]
+pub fn imds_passthrough(_ctx: TcContext) -> i32 {
+    TC_ACT_UNSPEC
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

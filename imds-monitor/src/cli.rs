@@ -65,6 +65,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub rotate_keep: u64,
 
+    /// Also attach an empty TC program to the same interfaces, first, as the
+    /// benchmark's baseline (cargo xtask bench)
+    #[arg(long, hide = true)]
+    pub baseline_passthrough: bool,
+
     /// How to attach to TC: tcx (kernel >= 6.6), netlink (clsact), or auto
     #[arg(long, value_enum, default_value_t = crate::kernel::AttachMode::Auto, hide = true)]
     pub attach: crate::kernel::AttachMode,

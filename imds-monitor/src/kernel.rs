@@ -17,6 +17,8 @@ use imds_monitor_common::config::Endpoints;
 
 const OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/imds-monitor-ebpf"));
 const CLASSIFIER: &str = "imds_classify";
+/// An empty TC program, attached only for benchmarks (`--baseline-passthrough`).
+const PASSTHROUGH: &str = "imds_passthrough";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum AttachMode {
@@ -29,6 +31,7 @@ pub enum AttachMode {
 /// One attachment, kept to undo it.
 #[derive(Debug)]
 struct Attachment {
+    program: &'static str,
     iface: String,
     link: SchedClassifierLinkId,
     /// We added the clsact qdisc, so we remove it again.
@@ -53,6 +56,11 @@ impl Kernel {
             .context("classifier missing from the object")?
             .try_into()?;
         program.load().map_err(|e| explain_load_error(e.into()))?;
+        let passthrough: &mut SchedClassifier = ebpf
+            .program_mut(PASSTHROUGH)
+            .context("pass-through program missing from the object")?
+            .try_into()?;
+        passthrough.load().map_err(|e| explain_load_error(e.into()))?;
         Ok(Self {
             ebpf,
             attachments: Vec::new(),
@@ -63,6 +71,15 @@ impl Kernel {
     /// Attaches the classifier to egress of `iface`: every request leaving the
     /// host, from host processes and forwarded from containers, passes there.
     pub fn attach_egress(&mut self, iface: &str, mode: AttachMode) -> Result<()> {
+        self.attach(CLASSIFIER, iface, mode)
+    }
+
+    /// Attaches the empty program to egress of `iface` (benchmark baseline).
+    pub fn attach_passthrough(&mut self, iface: &str, mode: AttachMode) -> Result<()> {
+        self.attach(PASSTHROUGH, iface, mode)
+    }
+
+    fn attach(&mut self, name: &'static str, iface: &str, mode: AttachMode) -> Result<()> {
         let tcx = match mode {
             // TCX exists from 6.6 on, the same rule aya's `attach` uses.
             AttachMode::Auto => {
@@ -74,8 +91,8 @@ impl Kernel {
         let mut added_clsact = false;
         if !tcx {
             // Filters of a daemon killed with SIGKILL outlive it: remove them first.
-            if tc::qdisc_detach_program(iface, TcAttachType::Egress, CLASSIFIER).is_ok() {
-                log::warn!("removed a stale {CLASSIFIER} filter from {iface}");
+            if tc::qdisc_detach_program(iface, TcAttachType::Egress, name).is_ok() {
+                log::warn!("removed a stale {name} filter from {iface}");
             }
             match tc::qdisc_add_clsact(iface) {
                 Ok(()) => added_clsact = true,
@@ -87,8 +104,8 @@ impl Kernel {
         }
         let program: &mut SchedClassifier = self
             .ebpf
-            .program_mut(CLASSIFIER)
-            .context("classifier missing from the object")?
+            .program_mut(name)
+            .with_context(|| format!("{name} missing from the object"))?
             .try_into()?;
         let options = if tcx {
             TcAttachOptions::TcxOrder(LinkOrder::default())
@@ -100,6 +117,7 @@ impl Kernel {
             .with_context(|| format!("attaching to egress of {iface}"))?;
         self.method = if tcx { "tcx" } else { "netlink" };
         self.attachments.push(Attachment {
+            program: name,
             iface: iface.to_owned(),
             link,
             added_clsact,
@@ -107,8 +125,13 @@ impl Kernel {
         Ok(())
     }
 
+    /// Interfaces the classifier is attached to.
     pub fn interfaces(&self) -> Vec<String> {
-        self.attachments.iter().map(|a| a.iface.clone()).collect()
+        self.attachments
+            .iter()
+            .filter(|a| a.program == CLASSIFIER)
+            .map(|a| a.iface.clone())
+            .collect()
     }
 
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
@@ -123,15 +146,15 @@ impl Kernel {
 
     /// Detaches from every interface; errors are reported, not fatal.
     pub fn detach_all(&mut self) {
-        let attachments = std::mem::take(&mut self.attachments);
-        let program: Option<&mut SchedClassifier> = self
-            .ebpf
-            .program_mut(CLASSIFIER)
-            .and_then(|p| p.try_into().ok());
-        let Some(program) = program else {
-            return;
-        };
-        for attachment in attachments {
+        // Newest first, so a clsact qdisc we added goes last.
+        while let Some(attachment) = self.attachments.pop() {
+            let program: Option<&mut SchedClassifier> = self
+                .ebpf
+                .program_mut(attachment.program)
+                .and_then(|p| p.try_into().ok());
+            let Some(program) = program else {
+                continue;
+            };
             if let Err(e) = program.detach(attachment.link) {
                 log::warn!("detaching from {}: {e}", attachment.iface);
             }

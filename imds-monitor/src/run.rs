@@ -54,6 +54,9 @@ async fn run_until_signal(args: RunArgs) -> Result<()> {
 
     let mut kernel = Kernel::load(&table)?;
     for iface in &ifaces {
+        if args.baseline_passthrough {
+            kernel.attach_passthrough(iface, args.attach)?;
+        }
         kernel.attach_egress(iface, args.attach)?;
     }
     // SAFETY: the ring buffer owns its fd and keeps it open while AsyncFd owns it.
