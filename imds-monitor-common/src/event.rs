@@ -5,6 +5,51 @@ use crate::http::{METHOD_CAP, PATH_CAP};
 /// First byte of every ring-buffer record: which struct follows.
 pub mod kind {
     pub const REQUEST: u8 = 1;
+    pub const EXEC: u8 = 2;
+    pub const FORK: u8 = 3;
+    pub const EXIT: u8 = 4;
+}
+
+/// Who opened a connection, captured in the kernel when connect() ran, so a
+/// process that exits right after its request is still named.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub cgroup_id: u64,
+    /// `bpf_ktime_get_boot_ns` at connect().
+    pub boot_ns: u64,
+    /// Process id (thread group id) and thread id, as the host sees them.
+    pub tgid: u32,
+    pub pid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub comm: [u8; 16],
+}
+
+impl Owner {
+    pub const fn zeroed() -> Self {
+        Self {
+            cgroup_id: 0,
+            boot_ns: 0,
+            tgid: 0,
+            pid: 0,
+            uid: 0,
+            gid: 0,
+            comm: [0; 16],
+        }
+    }
+}
+
+/// How a request's [`Owner`] was found (`RequestEvent::attribution`).
+pub mod attribution {
+    /// Not found: the connection predates the monitor, or its socket lives
+    /// outside the watched cgroup subtree.
+    pub const NONE: u8 = 0;
+    /// The packet's own socket (a host process).
+    pub const SOCKET: u8 = 1;
+    /// A forwarded packet (a container behind NAT), matched by destination
+    /// and initial sequence number, which NAT leaves alone.
+    pub const SEQUENCE: u8 = 2;
 }
 
 /// Address family of a [`crate::flow::FlowKey`] and of events.
@@ -32,7 +77,9 @@ pub struct RequestEvent {
     /// Source and destination port, host byte order.
     pub sport: u16,
     pub dport: u16,
-    pub _pad: u16,
+    /// How `owner` was found: [`attribution`].
+    pub attribution: u8,
+    pub _pad: u8,
     /// Interface the classifier saw the request on.
     pub ifindex: u32,
     /// Token TTL of a token PUT, seconds.
@@ -46,6 +93,7 @@ pub struct RequestEvent {
     pub socket_cookie: u64,
     pub method: [u8; METHOD_CAP],
     pub path: [u8; PATH_CAP],
+    pub owner: Owner,
 }
 
 impl RequestEvent {
@@ -61,6 +109,7 @@ impl RequestEvent {
             path_len: 0,
             sport: 0,
             dport: 0,
+            attribution: 0,
             _pad: 0,
             ifindex: 0,
             ttl: 0,
@@ -70,8 +119,61 @@ impl RequestEvent {
             socket_cookie: 0,
             method: [0; METHOD_CAP],
             path: [0; PATH_CAP],
+            owner: Owner::zeroed(),
         }
     }
+}
+
+/// Bytes of an executable's path kept.
+pub const FILENAME_CAP: usize = 256;
+/// Bytes of the NUL-separated argument list kept.
+pub const ARGS_CAP: usize = 1024;
+/// Arguments read at most.
+pub const MAX_ARGS: usize = 24;
+
+/// Bits of [`ExecEvent::flags`].
+pub mod exec_flag {
+    /// More arguments (or longer ones) than were kept.
+    pub const ARGS_TRUNCATED: u8 = 1 << 0;
+    /// The arguments could not be read from the process's memory.
+    pub const ARGS_UNREADABLE: u8 = 1 << 1;
+}
+
+/// A successful execve(): the new program and its arguments, read from the
+/// caller's memory at sys_enter_execve (a short-lived process keeps them).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExecEvent {
+    pub kind: u8,
+    pub flags: u8,
+    pub argc: u16,
+    /// Bytes used in `args` (arguments, each NUL-terminated).
+    pub args_len: u16,
+    pub _pad: u16,
+    pub tgid: u32,
+    pub pid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub cgroup_id: u64,
+    pub boot_ns: u64,
+    /// The name after exec.
+    pub comm: [u8; 16],
+    /// The path given to execve, NUL-terminated.
+    pub filename: [u8; FILENAME_CAP],
+    pub args: [u8; ARGS_CAP],
+}
+
+/// A new task (`FORK`: `tgid` forked `child`) or a process that ended
+/// (`EXIT`: `tgid`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct TaskEvent {
+    pub kind: u8,
+    pub _pad: [u8; 3],
+    pub tgid: u32,
+    pub child: u32,
+    pub _pad2: u32,
+    pub boot_ns: u64,
 }
 
 /// Indexes of the kernel's per-CPU statistics array.

@@ -1,6 +1,6 @@
 //! Per-connection state the classifier keeps between TCP segments.
 
-use crate::http::RequestParser;
+use crate::{event::Owner, http::RequestParser};
 
 /// A TCP connection to an IMDS endpoint, as seen on the classifier's interface.
 #[repr(C)]
@@ -27,22 +27,44 @@ pub mod flow_flag {
 #[derive(Clone, Copy, Debug)]
 pub struct FlowState {
     pub parser: RequestParser,
+    /// Who opened the connection, once found (`attribution` != NONE).
+    pub owner: Owner,
     /// Sequence number of the next payload byte not yet fed to the parser.
     pub next_seq: u32,
+    /// Initial sequence number + 1, when the SYN was seen (else 0).
+    pub first_seq: u32,
     /// Body bytes of the last request still to skip (Content-Length).
     pub body_left: u32,
     pub flags: u8,
-    pub _pad: [u8; 7],
+    /// [`crate::event::attribution`] of `owner`.
+    pub attribution: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Key of the map that finds a forwarded connection's owner: destination
+/// and initial sequence number + 1, both unchanged by masquerade.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SeqKey {
+    pub daddr: [u8; 16],
+    /// Host byte order.
+    pub dport: u16,
+    pub family: u8,
+    pub _pad: u8,
+    pub seq: u32,
 }
 
 impl FlowState {
     pub const fn new(next_seq: u32) -> Self {
         Self {
             parser: RequestParser::new(),
+            owner: Owner::zeroed(),
             next_seq,
+            first_seq: 0,
             body_left: 0,
             flags: 0,
-            _pad: [0; 7],
+            attribution: 0,
+            _pad: [0; 2],
         }
     }
 }

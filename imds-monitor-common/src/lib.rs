@@ -15,6 +15,8 @@ mod pod {
     // arrays with explicit padding fields, so every bit pattern is valid.
     unsafe impl aya::Pod for crate::config::Endpoints {}
     unsafe impl aya::Pod for crate::event::RequestEvent {}
+    unsafe impl aya::Pod for crate::event::Owner {}
+    unsafe impl aya::Pod for crate::flow::SeqKey {}
     unsafe impl aya::Pod for crate::flow::FlowKey {}
     unsafe impl aya::Pod for crate::flow::FlowState {}
 }

@@ -4,11 +4,12 @@
 use aya_ebpf::{EbpfContext, helpers::generated::bpf_get_socket_cookie, programs::TcContext};
 use imds_monitor_common::{
     class::{InvalidReason, RequestClass},
-    event::stat,
-    flow::flow_flag,
+    event::{attribution, stat},
+    flow::{FlowState, SeqKey, flow_flag},
 };
 
 use crate::{
+    attribution::{BY_SEQUENCE, CONNECTS},
     maps::{FLOWS, count, track_flow},
     packet::Segment,
     scan::{self, Origin},
@@ -18,7 +19,10 @@ use crate::{
 pub fn on_segment(ctx: &TcContext, segment: &Segment) {
     if segment.syn {
         // A new connection: its first payload byte is seq + 1.
-        let _ = track_flow(&segment.key, segment.seq.wrapping_add(1));
+        let first = segment.seq.wrapping_add(1);
+        if let Some(flow) = track_flow(&segment.key, first) {
+            unsafe { (*flow).first_seq = first };
+        }
         return;
     }
     let origin = Origin {
@@ -34,12 +38,7 @@ pub fn on_segment(ctx: &TcContext, segment: &Segment) {
             let flow = unsafe { &mut *flow };
             // The connection ended inside a request head: say so, never guess.
             if flow.flags & flow_flag::DESYNC == 0 && flow.parser.in_request() {
-                scan::emit(
-                    &origin,
-                    &flow.parser,
-                    RequestClass::Incomplete,
-                    InvalidReason::None,
-                );
+                scan::emit(&origin, flow, RequestClass::Incomplete, InvalidReason::None);
             }
         }
         let _ = FLOWS.remove(&segment.key);
@@ -79,16 +78,41 @@ fn on_payload(ctx: &TcContext, segment: &Segment, origin: &Origin) {
         // eviction): the stream position is unknown from here on.
         count(stat::SEQUENCE_GAPS);
         if flow.parser.in_request() {
-            scan::emit(
-                origin,
-                &flow.parser,
-                RequestClass::Incomplete,
-                InvalidReason::None,
-            );
+            scan::emit(origin, flow, RequestClass::Incomplete, InvalidReason::None);
         }
         flow.flags |= flow_flag::DESYNC;
         return;
     }
+    if flow.attribution == attribution::NONE {
+        find_owner(flow, segment, origin.socket_cookie);
+    }
     flow.next_seq = segment.seq.wrapping_add(len);
     scan::scan_payload(ctx, flow, origin, segment.payload_offset + skip, len - skip);
+}
+
+/// Looks up who opened the connection: by the packet's socket (host
+/// processes), else by initial sequence number (forwarded container traffic).
+#[inline(always)]
+fn find_owner(flow: &mut FlowState, segment: &Segment, socket_cookie: u64) {
+    if socket_cookie != 0 {
+        if let Some(owner) = unsafe { CONNECTS.get(&socket_cookie) } {
+            flow.owner = *owner;
+            flow.attribution = attribution::SOCKET;
+        }
+        return;
+    }
+    if flow.first_seq == 0 {
+        return;
+    }
+    let key = SeqKey {
+        daddr: segment.key.daddr,
+        dport: segment.key.dport,
+        family: segment.key.family,
+        _pad: 0,
+        seq: flow.first_seq,
+    };
+    if let Some(owner) = unsafe { BY_SEQUENCE.get(&key) } {
+        flow.owner = *owner;
+        flow.attribution = attribution::SEQUENCE;
+    }
 }

@@ -3,13 +3,17 @@
 //! `imds_classify` is a TC classifier on the host's interfaces toward IMDS. It
 //! keeps per-connection state for TCP flows to the configured endpoints, feeds
 //! their payload through the shared streaming parser and emits one
-//! `RequestEvent` per request head into a ring buffer.
+//! `RequestEvent` per request head into a ring buffer, naming the process that
+//! opened the connection (`attribution`). `process` reports exec, fork and
+//! exit for the daemon's process cache.
 #![no_std]
 #![no_main]
 
+mod attribution;
 mod flow;
 mod maps;
 mod packet;
+mod process;
 mod scan;
 
 use aya_ebpf::{bindings::TC_ACT_UNSPEC, macros::classifier, programs::TcContext};

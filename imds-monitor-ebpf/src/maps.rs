@@ -40,8 +40,10 @@ pub fn track_flow(key: &FlowKey, next_seq: u32) -> Option<*mut FlowState> {
     let staged = unsafe { &mut *staged };
     staged.parser.reset();
     staged.next_seq = next_seq;
+    staged.first_seq = 0;
     staged.body_left = 0;
     staged.flags = 0;
+    staged.attribution = 0;
     FLOWS.insert(key, &*staged, 0).ok()?;
     FLOWS.get_ptr_mut(key)
 }

@@ -42,6 +42,47 @@ fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Option<*const T> {
     Some((start + offset) as *const T)
 }
 
+/// The watched port (network byte order) of IPv4 endpoint `addr` (as read
+/// from a packet), if it is one.
+#[inline(always)]
+fn watched_v4_port(addr: u32) -> Option<u16> {
+    let count = unsafe { core::ptr::read_volatile(&ENDPOINTS.v4_count) } as usize;
+    for i in 0..MAX_V4_ENDPOINTS {
+        if i >= count {
+            break;
+        }
+        if unsafe { core::ptr::read_volatile(&ENDPOINTS.v4_addrs[i]) } == addr {
+            return Some(unsafe { core::ptr::read_volatile(&ENDPOINTS.v4_ports[i]) });
+        }
+    }
+    None
+}
+
+#[inline(always)]
+fn watched_v6_port(addr: &[u8; 16]) -> Option<u16> {
+    let count = unsafe { core::ptr::read_volatile(&ENDPOINTS.v6_count) } as usize;
+    for i in 0..MAX_V6_ENDPOINTS {
+        if i >= count {
+            break;
+        }
+        if unsafe { core::ptr::read_volatile(&ENDPOINTS.v6_addrs[i]) } == *addr {
+            return Some(unsafe { core::ptr::read_volatile(&ENDPOINTS.v6_ports[i]) });
+        }
+    }
+    None
+}
+
+/// Whether `addr`:`port_be` (both network byte order) is a watched endpoint.
+#[inline(always)]
+pub fn watched_v4(addr: u32, port_be: u16) -> bool {
+    watched_v4_port(addr) == Some(port_be)
+}
+
+#[inline(always)]
+pub fn watched_v6(addr: &[u8; 16], port_be: u16) -> bool {
+    watched_v6_port(addr) == Some(port_be)
+}
+
 #[inline(always)]
 pub fn imds_segment(ctx: &TcContext) -> Option<Segment> {
     let eth: *const EthHdr = ptr_at(ctx, 0)?;
@@ -59,19 +100,7 @@ fn ipv4_segment(ctx: &TcContext) -> Option<Segment> {
     if ip.proto != IPPROTO_TCP {
         return None;
     }
-    let daddr = u32::from_ne_bytes(ip.dst_addr);
-    let count = unsafe { core::ptr::read_volatile(&ENDPOINTS.v4_count) } as usize;
-    let mut watched_port = None;
-    for i in 0..MAX_V4_ENDPOINTS {
-        if i >= count {
-            break;
-        }
-        if unsafe { core::ptr::read_volatile(&ENDPOINTS.v4_addrs[i]) } == daddr {
-            watched_port = Some(unsafe { core::ptr::read_volatile(&ENDPOINTS.v4_ports[i]) });
-            break;
-        }
-    }
-    let watched_port = watched_port?;
+    let watched_port = watched_v4_port(u32::from_ne_bytes(ip.dst_addr))?;
     // Later fragments carry no TCP header; IMDS requests are never fragmented.
     if u16::from_be_bytes(ip.frags) & 0x1fff != 0 {
         return None;
@@ -115,19 +144,7 @@ fn ipv6_segment(ctx: &TcContext) -> Option<Segment> {
     if ip.next_hdr != IPPROTO_TCP {
         return None;
     }
-    let count = unsafe { core::ptr::read_volatile(&ENDPOINTS.v6_count) } as usize;
-    let mut watched_port = None;
-    for i in 0..MAX_V6_ENDPOINTS {
-        if i >= count {
-            break;
-        }
-        let addr = unsafe { core::ptr::read_volatile(&ENDPOINTS.v6_addrs[i]) };
-        if addr == ip.dst_addr {
-            watched_port = Some(unsafe { core::ptr::read_volatile(&ENDPOINTS.v6_ports[i]) });
-            break;
-        }
-    }
-    let watched_port = watched_port?;
+    let watched_port = watched_v6_port(&ip.dst_addr)?;
     let key = FlowKey {
         saddr: ip.src_addr,
         daddr: ip.dst_addr,

@@ -12,7 +12,7 @@ use imds_monitor_common::{
     class::{InvalidReason, RequestClass, Verdict},
     event::{RequestEvent, stat},
     flow::{FlowKey, FlowState, flow_flag},
-    http::{RequestParser, Step, flag},
+    http::{Step, flag},
 };
 
 use crate::maps::{EVENTS, SCAN_CAP, SCRATCH, count};
@@ -70,12 +70,7 @@ pub fn scan_payload(ctx: &TcContext, flow: &mut FlowState, origin: &Origin, offs
     };
     if n < len && flow.flags & flow_flag::DESYNC == 0 {
         if flow.parser.in_request() {
-            emit(
-                origin,
-                &flow.parser,
-                RequestClass::Incomplete,
-                InvalidReason::None,
-            );
+            emit(origin, flow, RequestClass::Incomplete, InvalidReason::None);
         }
         flow.flags |= flow_flag::DESYNC;
     }
@@ -108,7 +103,7 @@ unsafe extern "C" fn scan_byte(index: u64, state: *mut c_void) -> i64 {
         Step::More => 0,
         Step::Complete => {
             let (class, reason) = flow.parser.classify();
-            emit(unsafe { &*state.origin }, &flow.parser, class, reason);
+            emit(unsafe { &*state.origin }, flow, class, reason);
             if flow.parser.flags & flag::CONTENT_LENGTH != 0 {
                 flow.body_left = flow.parser.content_length;
             }
@@ -119,7 +114,7 @@ unsafe extern "C" fn scan_byte(index: u64, state: *mut c_void) -> i64 {
             let origin = unsafe { &*state.origin };
             emit(
                 origin,
-                &flow.parser,
+                flow,
                 RequestClass::Invalid,
                 InvalidReason::Malformed,
             );
@@ -128,12 +123,7 @@ unsafe extern "C" fn scan_byte(index: u64, state: *mut c_void) -> i64 {
         }
         Step::Overflow => {
             let origin = unsafe { &*state.origin };
-            emit(
-                origin,
-                &flow.parser,
-                RequestClass::Incomplete,
-                InvalidReason::None,
-            );
+            emit(origin, flow, RequestClass::Incomplete, InvalidReason::None);
             flow.flags |= flow_flag::DESYNC;
             1
         }
@@ -141,7 +131,8 @@ unsafe extern "C" fn scan_byte(index: u64, state: *mut c_void) -> i64 {
 }
 
 #[inline(always)]
-pub fn emit(origin: &Origin, parser: &RequestParser, class: RequestClass, reason: InvalidReason) {
+pub fn emit(origin: &Origin, flow: &FlowState, class: RequestClass, reason: InvalidReason) {
+    let parser = &flow.parser;
     count(stat::CLASS_BASE + class as u32);
     let Some(mut entry) = EVENTS.reserve::<RequestEvent>(0) else {
         count(stat::LOST_EVENTS);
@@ -164,8 +155,10 @@ pub fn emit(origin: &Origin, parser: &RequestParser, class: RequestClass, reason
     event.daddr = origin.key.daddr;
     event.boot_ns = unsafe { bpf_ktime_get_boot_ns() };
     event.socket_cookie = origin.socket_cookie;
+    event.attribution = flow.attribution;
     event._pad = 0;
     event.method = parser.method;
     event.path = parser.path;
+    event.owner = flow.owner;
     entry.submit(0);
 }

@@ -57,6 +57,12 @@ pub struct RunArgs {
     #[arg(long = "endpoint", value_name = "ADDR[:PORT]", value_parser = endpoints::parse)]
     pub endpoints: Vec<SocketAddr>,
 
+    /// Attribute processes in this cgroup v2 subtree only (a directory under the
+    /// cgroup2 mount, absolute or relative to it, e.g. /system.slice).
+    /// Default: the whole hierarchy
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
+
     /// Rotate the output file when it grows past this many MiB
     #[arg(long, value_name = "MIB", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
     pub rotate_mib: u64,

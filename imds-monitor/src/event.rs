@@ -7,11 +7,36 @@ use std::{
 
 use imds_monitor_common::{
     class::{InvalidReason, RequestClass},
-    event::{AF_INET, RequestEvent, kind},
+    event::{AF_INET, ExecEvent, RequestEvent, TaskEvent, attribution, exec_flag, kind},
     http::{METHOD_CAP, PATH_CAP, flag},
 };
 
-use crate::clock::BootClock;
+use crate::{
+    clock::BootClock,
+    processes::{Exec, split_nul},
+};
+
+/// One ring-buffer record.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Record {
+    Request(Box<Request>),
+    Exec(Exec),
+    Fork { parent: u32, child: u32 },
+    Exit { tgid: u32 },
+}
+
+/// The process that opened a request's connection, as the kernel saw it at connect().
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelOwner {
+    pub tgid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub cgroup_id: u64,
+    pub comm: String,
+    /// `socket` (a host process's packet) or `sequence` (forwarded, NATed).
+    pub method: &'static str,
+}
 
 /// One classified request, as the kernel saw it.
 #[derive(Clone, Debug, PartialEq)]
@@ -30,15 +55,56 @@ pub struct Request {
     pub destination: SocketAddr,
     pub ifindex: u32,
     pub socket_cookie: u64,
+    pub owner: Option<KernelOwner>,
 }
 
-/// Decodes one ring-buffer record; `None` for a record of another kind or size.
-pub fn decode(bytes: &[u8], clock: &BootClock) -> Option<Request> {
-    if bytes.len() < size_of::<RequestEvent>() || bytes[0] != kind::REQUEST {
-        return None;
+/// A NUL-terminated byte buffer as text.
+fn c_string(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+/// Reads a `repr(C)` plain-old-data record from the start of `bytes`.
+fn read_record<T: Copy>(bytes: &[u8]) -> Option<T> {
+    // SAFETY: length checked; the record types are plain old data.
+    (bytes.len() >= size_of::<T>()).then(|| unsafe { bytes.as_ptr().cast::<T>().read_unaligned() })
+}
+
+/// Decodes one ring-buffer record; `None` for an unknown kind or a short record.
+pub fn decode(bytes: &[u8], clock: &BootClock) -> Option<Record> {
+    match *bytes.first()? {
+        kind::REQUEST => decode_request(bytes, clock).map(|r| Record::Request(Box::new(r))),
+        kind::EXEC => {
+            let raw: ExecEvent = read_record(bytes)?;
+            let args_len = (raw.args_len as usize).min(raw.args.len());
+            Some(Record::Exec(Exec {
+                tgid: raw.tgid,
+                uid: raw.uid,
+                name: c_string(&raw.comm),
+                filename: c_string(&raw.filename),
+                args: split_nul(&raw.args[..args_len]),
+                args_truncated: raw.flags
+                    & (exec_flag::ARGS_TRUNCATED | exec_flag::ARGS_UNREADABLE)
+                    != 0,
+            }))
+        }
+        kind::FORK => {
+            let raw: TaskEvent = read_record(bytes)?;
+            Some(Record::Fork {
+                parent: raw.tgid,
+                child: raw.child,
+            })
+        }
+        kind::EXIT => {
+            let raw: TaskEvent = read_record(bytes)?;
+            Some(Record::Exit { tgid: raw.tgid })
+        }
+        _ => None,
     }
-    // SAFETY: length checked; RequestEvent is plain old data (any bits valid).
-    let raw: RequestEvent = unsafe { bytes.as_ptr().cast::<RequestEvent>().read_unaligned() };
+}
+
+fn decode_request(bytes: &[u8], clock: &BootClock) -> Option<Request> {
+    let raw: RequestEvent = read_record(bytes)?;
     let class = RequestClass::from_u8(raw.class)?;
     let method_len = (raw.method_len as usize).min(METHOD_CAP);
     let path_len = (raw.path_len as usize).min(PATH_CAP);
@@ -64,6 +130,22 @@ pub fn decode(bytes: &[u8], clock: &BootClock) -> Option<Request> {
         destination: SocketAddr::new(ip(raw.daddr), raw.dport),
         ifindex: raw.ifindex,
         socket_cookie: raw.socket_cookie,
+        owner: match raw.attribution {
+            attribution::SOCKET | attribution::SEQUENCE => Some(KernelOwner {
+                tgid: raw.owner.tgid,
+                tid: raw.owner.pid,
+                uid: raw.owner.uid,
+                gid: raw.owner.gid,
+                cgroup_id: raw.owner.cgroup_id,
+                comm: c_string(&raw.owner.comm),
+                method: if raw.attribution == attribution::SOCKET {
+                    "socket"
+                } else {
+                    "sequence"
+                },
+            }),
+            _ => None,
+        },
     })
 }
 
@@ -189,8 +271,11 @@ mod tests {
                 size_of::<RequestEvent>(),
             )
         };
-        let req = decode(bytes, &BootClock::now()).unwrap();
+        let Some(Record::Request(req)) = decode(bytes, &BootClock::now()) else {
+            panic!("not a request");
+        };
         assert_eq!(req.class, RequestClass::V2TokenPut);
+        assert_eq!(req.owner, None, "no attribution recorded");
         assert_eq!(req.method, "PUT");
         assert_eq!(req.path, "/latest/api/token");
         assert_eq!(req.token_ttl, Some(21600));
@@ -200,6 +285,68 @@ mod tests {
             decode(&bytes[..10], &BootClock::now()).is_none(),
             "short record"
         );
+    }
+
+    #[test]
+    fn decodes_exec_fork_and_exit() {
+        let mut exec = ExecEvent {
+            kind: kind::EXEC,
+            flags: 0,
+            argc: 2,
+            args_len: 0,
+            _pad: 0,
+            tgid: 77,
+            pid: 77,
+            uid: 1000,
+            gid: 1000,
+            cgroup_id: 5,
+            boot_ns: 1,
+            comm: [0; 16],
+            filename: [0; 256],
+            args: [0; 1024],
+        };
+        exec.comm[..4].copy_from_slice(b"curl");
+        exec.filename[..13].copy_from_slice(b"/usr/bin/curl");
+        let args = b"curl\0-s\0";
+        exec.args[..args.len()].copy_from_slice(args);
+        exec.args_len = args.len() as u16;
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&exec as *const ExecEvent).cast::<u8>(),
+                size_of::<ExecEvent>(),
+            )
+        };
+        let Some(Record::Exec(e)) = decode(bytes, &BootClock::now()) else {
+            panic!("not an exec");
+        };
+        assert_eq!(
+            (e.tgid, e.name.as_str(), e.filename.as_str()),
+            (77, "curl", "/usr/bin/curl")
+        );
+        assert_eq!(e.args, ["curl", "-s"]);
+        let fork = TaskEvent {
+            kind: kind::FORK,
+            _pad: [0; 3],
+            tgid: 10,
+            child: 11,
+            _pad2: 0,
+            boot_ns: 0,
+        };
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&fork as *const TaskEvent).cast::<u8>(),
+                size_of::<TaskEvent>(),
+            )
+        };
+        assert_eq!(
+            decode(bytes, &BootClock::now()),
+            Some(Record::Fork {
+                parent: 10,
+                child: 11
+            })
+        );
+        assert_eq!(decode(&[99, 0, 0], &BootClock::now()), None, "unknown kind");
+        assert_eq!(decode(&bytes[..4], &BootClock::now()), None, "short record");
     }
 
     #[test]
@@ -215,7 +362,10 @@ mod tests {
             )
         };
         assert_eq!(
-            decode(bytes, &BootClock::now()).unwrap().path,
+            match decode(bytes, &BootClock::now()) {
+                Some(Record::Request(r)) => r.path,
+                other => panic!("{other:?}"),
+            },
             "/\u{fffd}\"x"
         );
     }

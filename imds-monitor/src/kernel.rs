@@ -1,19 +1,25 @@
 //! Loads the kernel programs and attaches the classifier to interfaces;
 //! detaches everything it attached when dropped.
 
-use std::process::Command;
+use std::{fs, path::Path, process::Command};
 
-use anyhow::{Context as _, Result, anyhow};
+use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf},
     programs::{
-        LinkOrder, SchedClassifier, TcAttachType,
+        CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, SockOps, TcAttachType,
+        TracePoint,
+        cgroup_sock_addr::CgroupSockAddrLinkId,
+        sock_ops::SockOpsLinkId,
         tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions, TcError},
+        trace_point::TracePointLinkId,
     },
     util::KernelVersion,
 };
 use imds_monitor_common::config::Endpoints;
+
+use crate::cgroups::Subtree;
 
 const OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/imds-monitor-ebpf"));
 const CLASSIFIER: &str = "imds_classify";
@@ -28,14 +34,30 @@ pub enum AttachMode {
     Netlink,
 }
 
+/// Socket hooks: who connects (connect4/6) and the handshake (sock_ops).
+const CONNECT_HOOKS: [&str; 2] = ["imds_connect4", "imds_connect6"];
+const SOCKOPS: &str = "imds_sockops";
+/// Process lifecycle tracepoints: (program, category, name).
+const TRACEPOINTS: [(&str, &str, &str); 4] = [
+    ("imds_execve", "syscalls", "sys_enter_execve"),
+    ("imds_exec", "sched", "sched_process_exec"),
+    ("imds_fork", "sched", "sched_process_fork"),
+    ("imds_exit", "sched", "sched_process_exit"),
+];
+
 /// One attachment, kept to undo it.
 #[derive(Debug)]
-struct Attachment {
-    program: &'static str,
-    iface: String,
-    link: SchedClassifierLinkId,
-    /// We added the clsact qdisc, so we remove it again.
-    added_clsact: bool,
+enum Attachment {
+    Tc {
+        program: &'static str,
+        iface: String,
+        link: SchedClassifierLinkId,
+        /// We added the clsact qdisc, so we remove it again.
+        added_clsact: bool,
+    },
+    Connect(&'static str, CgroupSockAddrLinkId),
+    SockOps(SockOpsLinkId),
+    TracePoint(&'static str, TracePointLinkId),
 }
 
 pub struct Kernel {
@@ -44,28 +66,74 @@ pub struct Kernel {
     pub method: &'static str,
 }
 
+/// What the programs need to know before they are loaded.
+pub struct LoadOptions<'a> {
+    pub endpoints: &'a Endpoints,
+    /// `--cgroup`: the followed subtree; `None` for the whole hierarchy.
+    pub watched: Option<&'a Subtree>,
+}
+
 impl Kernel {
-    pub fn load(endpoints: &Endpoints) -> Result<Self> {
+    pub fn load(options: &LoadOptions<'_>) -> Result<Self> {
         raise_memlock_limit();
+        let tracefs = tracefs()?;
+        let child_pid_offset = fork_child_pid_offset(&tracefs)?;
+        let (cgroup_id, cgroup_level) = options.watched.map_or((0, 0), |w| (w.id, w.level));
         let mut ebpf = EbpfLoader::new()
-            .override_global("ENDPOINTS", endpoints, true)
+            .override_global("ENDPOINTS", options.endpoints, true)
+            .override_global("FORK_CHILD_PID_OFFSET", &child_pid_offset, true)
+            .override_global("WATCHED_CGROUP_ID", &cgroup_id, true)
+            .override_global("WATCHED_CGROUP_LEVEL", &cgroup_level, true)
             .load(OBJECT)
             .map_err(explain_load_error)?;
-        let program: &mut SchedClassifier = ebpf
-            .program_mut(CLASSIFIER)
-            .context("classifier missing from the object")?
-            .try_into()?;
-        program.load().map_err(|e| explain_load_error(e.into()))?;
-        let passthrough: &mut SchedClassifier = ebpf
-            .program_mut(PASSTHROUGH)
-            .context("pass-through program missing from the object")?
-            .try_into()?;
-        passthrough.load().map_err(|e| explain_load_error(e.into()))?;
+        for name in [CLASSIFIER, PASSTHROUGH] {
+            let tc: &mut SchedClassifier = program(&mut ebpf, name)?.try_into()?;
+            tc.load().map_err(|e| explain_load_error(e.into()))?;
+        }
+        for name in CONNECT_HOOKS {
+            let hook: &mut CgroupSockAddr = program(&mut ebpf, name)?.try_into()?;
+            hook.load().map_err(|e| explain_load_error(e.into()))?;
+        }
+        let sockops: &mut SockOps = program(&mut ebpf, SOCKOPS)?.try_into()?;
+        sockops.load().map_err(|e| explain_load_error(e.into()))?;
+        for (name, _, _) in TRACEPOINTS {
+            let tp: &mut TracePoint = program(&mut ebpf, name)?.try_into()?;
+            tp.load().map_err(|e| explain_load_error(e.into()))?;
+        }
         Ok(Self {
             ebpf,
             attachments: Vec::new(),
             method: "",
         })
+    }
+
+    /// Attaches the socket hooks to a cgroup (every process below it is
+    /// attributed) and the process tracepoints. On our kernels (>= 5.7) aya
+    /// makes cgroup bpf_links, which always run beside other tools' programs
+    /// on the same cgroup; their flags must be 0, which `Single` maps to.
+    pub fn attach_attribution(&mut self, cgroup_dir: &Path) -> Result<()> {
+        let cgroup = fs::File::open(cgroup_dir)
+            .with_context(|| format!("opening cgroup {}", cgroup_dir.display()))?;
+        for name in CONNECT_HOOKS {
+            let hook: &mut CgroupSockAddr = program(&mut self.ebpf, name)?.try_into()?;
+            let link = hook
+                .attach(&cgroup, CgroupAttachMode::Single)
+                .with_context(|| format!("attaching {name} to {}", cgroup_dir.display()))?;
+            self.attachments.push(Attachment::Connect(name, link));
+        }
+        let sockops: &mut SockOps = program(&mut self.ebpf, SOCKOPS)?.try_into()?;
+        let link = sockops
+            .attach(&cgroup, CgroupAttachMode::Single)
+            .with_context(|| format!("attaching {SOCKOPS} to {}", cgroup_dir.display()))?;
+        self.attachments.push(Attachment::SockOps(link));
+        for (name, category, event) in TRACEPOINTS {
+            let tp: &mut TracePoint = program(&mut self.ebpf, name)?.try_into()?;
+            let link = tp
+                .attach(category, event)
+                .with_context(|| format!("attaching to tracepoint {category}/{event}"))?;
+            self.attachments.push(Attachment::TracePoint(name, link));
+        }
+        Ok(())
     }
 
     /// Attaches the classifier to egress of `iface`: every request leaving the
@@ -102,11 +170,7 @@ impl Kernel {
                 }
             }
         }
-        let program: &mut SchedClassifier = self
-            .ebpf
-            .program_mut(name)
-            .with_context(|| format!("{name} missing from the object"))?
-            .try_into()?;
+        let program: &mut SchedClassifier = program(&mut self.ebpf, name)?.try_into()?;
         let options = if tcx {
             TcAttachOptions::TcxOrder(LinkOrder::default())
         } else {
@@ -116,7 +180,7 @@ impl Kernel {
             .attach_with_options(iface, TcAttachType::Egress, options)
             .with_context(|| format!("attaching to egress of {iface}"))?;
         self.method = if tcx { "tcx" } else { "netlink" };
-        self.attachments.push(Attachment {
+        self.attachments.push(Attachment::Tc {
             program: name,
             iface: iface.to_owned(),
             link,
@@ -129,8 +193,12 @@ impl Kernel {
     pub fn interfaces(&self) -> Vec<String> {
         self.attachments
             .iter()
-            .filter(|a| a.program == CLASSIFIER)
-            .map(|a| a.iface.clone())
+            .filter_map(|a| match a {
+                Attachment::Tc { program, iface, .. } if *program == CLASSIFIER => {
+                    Some(iface.clone())
+                }
+                _ => None,
+            })
             .collect()
     }
 
@@ -144,25 +212,108 @@ impl Kernel {
         Ok(PerCpuArray::try_from(map)?)
     }
 
-    /// Detaches from every interface; errors are reported, not fatal.
+    /// Detaches everything, newest first (so a clsact qdisc we added goes
+    /// after its filters); errors are reported, not fatal.
     pub fn detach_all(&mut self) {
-        // Newest first, so a clsact qdisc we added goes last.
         while let Some(attachment) = self.attachments.pop() {
-            let program: Option<&mut SchedClassifier> = self
-                .ebpf
-                .program_mut(attachment.program)
-                .and_then(|p| p.try_into().ok());
-            let Some(program) = program else {
-                continue;
-            };
-            if let Err(e) = program.detach(attachment.link) {
-                log::warn!("detaching from {}: {e}", attachment.iface);
-            }
-            if attachment.added_clsact {
-                remove_clsact(&attachment.iface);
+            if let Err(e) = self.detach(attachment) {
+                log::warn!("{e:#}");
             }
         }
     }
+
+    fn detach(&mut self, attachment: Attachment) -> Result<()> {
+        match attachment {
+            Attachment::Tc {
+                program: name,
+                iface,
+                link,
+                added_clsact,
+            } => {
+                let tc: &mut SchedClassifier = program(&mut self.ebpf, name)?.try_into()?;
+                let detached = tc
+                    .detach(link)
+                    .with_context(|| format!("detaching {name} from {iface}"));
+                if added_clsact {
+                    remove_clsact(&iface);
+                }
+                detached
+            }
+            Attachment::Connect(name, link) => {
+                let hook: &mut CgroupSockAddr = program(&mut self.ebpf, name)?.try_into()?;
+                hook.detach(link)
+                    .with_context(|| format!("detaching {name}"))
+            }
+            Attachment::SockOps(link) => {
+                let sockops: &mut SockOps = program(&mut self.ebpf, SOCKOPS)?.try_into()?;
+                sockops
+                    .detach(link)
+                    .with_context(|| format!("detaching {SOCKOPS}"))
+            }
+            Attachment::TracePoint(name, link) => {
+                let tp: &mut TracePoint = program(&mut self.ebpf, name)?.try_into()?;
+                tp.detach(link).with_context(|| format!("detaching {name}"))
+            }
+        }
+    }
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program> {
+    ebpf.program_mut(name)
+        .with_context(|| format!("program {name} missing from the object"))
+}
+
+/// The tracefs mount, mounted at /sys/kernel/tracing if no tracefs is.
+fn tracefs() -> Result<std::path::PathBuf> {
+    for dir in ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"] {
+        if Path::new(dir).join("events").is_dir() {
+            return Ok(dir.into());
+        }
+    }
+    let dir = Path::new("/sys/kernel/tracing");
+    nix::mount::mount(
+        Some("tracefs"),
+        dir,
+        Some("tracefs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .with_context(|| {
+        format!(
+            "tracefs is not mounted and mounting it at {} failed",
+            dir.display()
+        )
+    })?;
+    log::info!("mounted tracefs at {}", dir.display());
+    Ok(dir.into())
+}
+
+/// sched_process_fork's `child_pid` offset: 44 on older kernels, 20 since
+/// its comm fields became `__data_loc`.
+fn fork_child_pid_offset(tracefs: &Path) -> Result<u32> {
+    let path = tracefs.join("events/sched/sched_process_fork/format");
+    let format =
+        fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    match field_offset(&format, "child_pid") {
+        Some(offset) if offset < 256 => Ok(offset),
+        _ => bail!("no child_pid field in {}", path.display()),
+    }
+}
+
+/// Offset of `field` in a tracepoint format file.
+pub fn field_offset(format: &str, field: &str) -> Option<u32> {
+    format.lines().find_map(|line| {
+        let line = line.trim();
+        let decl = line.strip_prefix("field:")?.split(';').next()?;
+        let name = decl.rsplit([' ', '*']).next()?;
+        let name = name.split('[').next()?;
+        if name != field {
+            return None;
+        }
+        line.split(';')
+            .find_map(|part| part.trim().strip_prefix("offset:"))
+            .and_then(|v| v.parse().ok())
+    })
 }
 
 impl Drop for Kernel {
@@ -206,4 +357,25 @@ fn explain_load_error(err: aya::EbpfError) -> anyhow::Error {
         "the kernel must be 5.17 or newer (bpf_loop, ring buffers) with BTF"
     };
     anyhow!("loading the eBPF programs failed: {text}\nhint: {hint}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::field_offset;
+
+    #[test]
+    fn fork_format_of_old_and_new_kernels() {
+        let new = "\tfield:__data_loc char[] parent_comm;\toffset:8;\tsize:4;\tsigned:0;
+\tfield:pid_t parent_pid;\toffset:12;\tsize:4;\tsigned:1;
+\tfield:__data_loc char[] child_comm;\toffset:16;\tsize:4;\tsigned:0;
+\tfield:pid_t child_pid;\toffset:20;\tsize:4;\tsigned:1;";
+        let old = "\tfield:char parent_comm[16];\toffset:8;\tsize:16;\tsigned:1;
+\tfield:pid_t parent_pid;\toffset:24;\tsize:4;\tsigned:1;
+\tfield:char child_comm[16];\toffset:28;\tsize:16;\tsigned:1;
+\tfield:pid_t child_pid;\toffset:44;\tsize:4;\tsigned:1;";
+        assert_eq!(field_offset(new, "child_pid"), Some(20));
+        assert_eq!(field_offset(old, "child_pid"), Some(44));
+        assert_eq!(field_offset(old, "child_comm"), Some(28));
+        assert_eq!(field_offset(old, "pid"), None);
+    }
 }

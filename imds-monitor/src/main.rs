@@ -1,18 +1,23 @@
 //! imds-monitor: finds which workloads on an EC2 host still use IMDSv1.
 //!
 //! Data path: packet -> kernel classifier (`imds-monitor-ebpf`) -> ring buffer
-//! -> [`event`] decode -> [`output::ecs`] JSON -> [`output::sink`].
+//! -> [`event`] decode -> [`enrich`] (process, cgroup, workload) ->
+//! [`output::ecs`] JSON -> [`output::sink`].
 
+mod cgroups;
 mod cli;
 mod clock;
 mod endpoints;
+mod enrich;
 mod event;
 mod interfaces;
 mod kernel;
 mod output;
 mod policy;
+mod processes;
 mod run;
 mod stats;
+mod workload;
 
 use std::process::ExitCode;
 

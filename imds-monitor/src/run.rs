@@ -10,15 +10,19 @@ use tokio::{
 };
 
 use crate::{
+    cgroups::{self, CgroupPaths},
     cli::RunArgs,
     clock::BootClock,
-    endpoints, event,
+    endpoints,
+    enrich::Enricher,
+    event::{self, Record},
     interfaces::{self, NameCache},
-    kernel::Kernel,
+    kernel::{Kernel, LoadOptions},
     output::{
         ecs::{self, RunInfo},
         sink::{Rotation, Sink},
     },
+    processes::ProcessCache,
     stats,
 };
 
@@ -41,6 +45,8 @@ async fn run_until_signal(args: RunArgs) -> Result<()> {
     };
     let table = endpoints::to_kernel(&endpoints)?;
     let ifaces = interfaces::choose(&args.ifaces, &endpoints)?;
+    let cgroup_root = cgroups::cgroup2_mount()?;
+    let watched = cgroups::subtree(&cgroup_root, args.cgroup.as_deref())?;
     // Open the output before attaching: a bad path fails with nothing attached.
     let rotation = Rotation {
         max_bytes: usize::try_from(args.rotate_mib.saturating_mul(1 << 20)).unwrap_or(usize::MAX),
@@ -52,7 +58,12 @@ async fn run_until_signal(args: RunArgs) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sighup = signal(SignalKind::hangup())?;
 
-    let mut kernel = Kernel::load(&table)?;
+    let mut kernel = Kernel::load(&LoadOptions {
+        endpoints: &table,
+        watched: args.cgroup.is_some().then_some(&watched),
+    })?;
+    // Attribution first: every connection made once requests are watched has an owner.
+    kernel.attach_attribution(&watched.dir)?;
     for iface in &ifaces {
         if args.baseline_passthrough {
             kernel.attach_passthrough(iface, args.attach)?;
@@ -71,7 +82,11 @@ async fn run_until_signal(args: RunArgs) -> Result<()> {
         interfaces: kernel.interfaces(),
         endpoints,
         attach_method: kernel.method,
+        cgroup: watched.path.clone(),
     };
+    // Seeded after the tracepoints are attached: no process falls in between.
+    let processes = ProcessCache::seeded();
+    log::info!("process cache seeded with {} processes", processes.len());
     sink.write_value(&ecs::started(&info))?;
     log::info!(
         "watching {} on {} ({}), mode {}",
@@ -85,7 +100,13 @@ async fn run_until_signal(args: RunArgs) -> Result<()> {
         info.mode.as_str()
     );
 
-    let mut writer = EventWriter::default();
+    let mut writer = EventWriter {
+        names: NameCache::default(),
+        enricher: Enricher::new(processes, CgroupPaths::new(cgroup_root)),
+        batch: Vec::new(),
+        written: 0,
+    };
+    let mut sweep = tokio::time::interval(Duration::from_secs(30));
     let mut lost_reported = 0;
     let mut lost_check = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -101,6 +122,7 @@ async fn run_until_signal(args: RunArgs) -> Result<()> {
                 Ok(()) => log::info!("SIGHUP: output reopened"),
                 Err(e) => log::warn!("SIGHUP: kept the current output: {e:#}"),
             },
+            _ = sweep.tick() => writer.enricher.processes.sweep(),
             _ = lost_check.tick() => {
                 let lost = stats::read(&stats_map)?.lost_events;
                 if lost > lost_reported {
@@ -115,15 +137,21 @@ async fn run_until_signal(args: RunArgs) -> Result<()> {
     // Detached: nothing new arrives; what is queued still gets written.
     while writer.drain(events.get_mut(), &info, &mut sink)? == BATCH {}
     let totals = stats::read(&stats_map)?;
-    sink.write_value(&ecs::stopped(&info, &totals, writer.written))?;
+    sink.write_value(&ecs::stopped(
+        &info,
+        &totals,
+        writer.written,
+        writer.enricher.partial_count,
+    ))?;
     log::info!("detached from {}", info.interfaces.join(", "));
     Ok(())
 }
 
-/// Turns ring-buffer records into JSON lines, a batch per write.
-#[derive(Default)]
+/// Turns ring-buffer records into JSON lines, a batch per write; process
+/// records update the cache that names the senders of later requests.
 struct EventWriter {
     names: NameCache,
+    enricher: Enricher,
     batch: Vec<u8>,
     written: u64,
 }
@@ -144,13 +172,33 @@ impl EventWriter {
                 break;
             };
             handled += 1;
-            let Some(request) = event::decode(&record, &clock) else {
-                log::debug!("skipped a record of {} bytes", record.len());
-                continue;
-            };
+            let decoded = event::decode(&record, &clock);
             drop(record);
+            let request = match decoded {
+                Some(Record::Request(request)) => request,
+                Some(Record::Exec(exec)) => {
+                    self.enricher.processes.on_exec(exec);
+                    continue;
+                }
+                Some(Record::Fork { parent, child }) => {
+                    self.enricher.processes.on_fork(parent, child);
+                    continue;
+                }
+                Some(Record::Exit { tgid }) => {
+                    self.enricher.processes.on_exit(tgid);
+                    continue;
+                }
+                None => {
+                    log::debug!("skipped an unknown record");
+                    continue;
+                }
+            };
+            let sender = self.enricher.sender(&request);
             let interface = self.names.name(request.ifindex).to_owned();
-            serde_json::to_writer(&mut self.batch, &ecs::request(&request, &interface, info))?;
+            serde_json::to_writer(
+                &mut self.batch,
+                &ecs::request(&request, &sender, &interface, info),
+            )?;
             self.batch.push(b'\n');
             self.written += 1;
         }

@@ -8,8 +8,10 @@ use std::{net::SocketAddr, time::SystemTime};
 use serde_json::{Map, Value, json};
 
 use crate::{
+    enrich::Sender,
     event::{PathCategory, Request},
     policy::Mode,
+    processes::ProcessInfo,
     stats::KernelStats,
 };
 use imds_monitor_common::{
@@ -27,6 +29,8 @@ pub struct RunInfo {
     pub interfaces: Vec<String>,
     pub endpoints: Vec<SocketAddr>,
     pub attach_method: &'static str,
+    /// cgroup v2 subtree whose processes are attributed.
+    pub cgroup: String,
 }
 
 fn timestamp(t: SystemTime) -> String {
@@ -54,8 +58,99 @@ fn base(t: SystemTime, action: &str, kind: &str, info: &RunInfo) -> Map<String, 
     doc
 }
 
-/// `event.action: "imds-request"`: one classified request.
-pub fn request(req: &Request, interface: &str, info: &RunInfo) -> Value {
+fn process_summary(p: &ProcessInfo) -> Value {
+    let mut m = Map::new();
+    m.insert("pid".into(), p.pid.into());
+    m.insert("name".into(), p.name.clone().into());
+    if let Some(exe) = &p.executable {
+        m.insert("executable".into(), exe.clone().into());
+    }
+    m.into()
+}
+
+/// ECS `process.*`, `container.*`, `orchestrator.*` and `imds.{cgroup,workload,ancestry}`.
+fn add_sender(doc: &mut Map<String, Value>, imds: &mut Map<String, Value>, sender: &Sender) {
+    match sender.partial {
+        None => imds.insert("attribution".into(), "full".into()),
+        Some(reason) => {
+            imds.insert("attribution_reason".into(), reason.into());
+            imds.insert("attribution".into(), "partial".into())
+        }
+    };
+    if let Some(owner) = &sender.owner {
+        imds.insert("attribution_method".into(), owner.method.into());
+        imds.insert("cgroup".into(), {
+            let mut cg = Map::new();
+            cg.insert("id".into(), owner.cgroup_id.into());
+            if let Some(path) = &sender.cgroup_path {
+                cg.insert("path".into(), path.clone().into());
+            }
+            cg.into()
+        });
+    }
+    if let Some(p) = &sender.process {
+        let mut process = Map::new();
+        process.insert("pid".into(), p.pid.into());
+        process.insert("name".into(), p.name.clone().into());
+        if let Some(exe) = &p.executable {
+            process.insert("executable".into(), exe.clone().into());
+        }
+        if !p.args.is_empty() {
+            process.insert("args".into(), p.args.clone().into());
+            process.insert("args_count".into(), p.args.len().into());
+            process.insert("command_line".into(), p.args.join(" ").into());
+        }
+        if let Some(owner) = &sender.owner {
+            process.insert("thread".into(), json!({ "id": owner.tid }));
+            process.insert("group".into(), json!({ "id": owner.gid.to_string() }));
+        }
+        if let Some(uid) = p.uid.or(sender.owner.as_ref().map(|o| o.uid)) {
+            process.insert("user".into(), json!({ "id": uid.to_string() }));
+        }
+        if let Some(parent) = sender.ancestry.first() {
+            process.insert("parent".into(), process_summary(parent));
+        } else if let Some(ppid) = p.ppid {
+            process.insert("parent".into(), json!({ "pid": ppid }));
+        }
+        doc.insert("process".into(), process.into());
+        imds.insert(
+            "ancestry".into(),
+            sender
+                .ancestry
+                .iter()
+                .map(process_summary)
+                .collect::<Vec<_>>()
+                .into(),
+        );
+    }
+    let w = &sender.workload;
+    if let Some(id) = &w.container_id {
+        let mut container = Map::new();
+        container.insert("id".into(), id.clone().into());
+        if let Some(runtime) = w.container_runtime {
+            container.insert("runtime".into(), runtime.into());
+        }
+        doc.insert("container".into(), container.into());
+    }
+    if let Some(uid) = &w.pod_uid {
+        doc.insert(
+            "orchestrator".into(),
+            json!({ "type": "kubernetes", "resource": { "type": "pod", "id": uid } }),
+        );
+    }
+    if let Some(unit) = &w.systemd_unit {
+        imds.insert("systemd_unit".into(), unit.clone().into());
+    }
+    if let Some((kind, id)) = sender.workload_key() {
+        imds.insert(
+            "workload".into(),
+            json!({ "kind": kind.as_str(), "id": id }),
+        );
+    }
+}
+
+/// `event.action: "imds-request"`: one classified request and who sent it.
+pub fn request(req: &Request, sender: &Sender, interface: &str, info: &RunInfo) -> Value {
     let verdict = info.mode.verdict(req.class);
     let kind = if verdict == Verdict::Allowed {
         "event"
@@ -97,6 +192,7 @@ pub fn request(req: &Request, interface: &str, info: &RunInfo) -> Value {
         imds.insert("token_ttl_seconds".into(), ttl.into());
     }
     imds.insert("interface".into(), interface.into());
+    add_sender(&mut doc, &mut imds, sender);
     doc.insert("imds".into(), imds.into());
 
     if !req.method.is_empty() {
@@ -142,6 +238,7 @@ pub fn started(info: &RunInfo) -> Value {
             "interfaces": info.interfaces,
             "endpoints": info.endpoints.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "attach_method": info.attach_method,
+            "cgroup": { "path": info.cgroup },
         }),
     );
     doc.insert(
@@ -152,7 +249,7 @@ pub fn started(info: &RunInfo) -> Value {
 }
 
 /// `event.action: "monitor-stopped"`: the last line, with the run's counters.
-pub fn stopped(info: &RunInfo, stats: &KernelStats, printed: u64) -> Value {
+pub fn stopped(info: &RunInfo, stats: &KernelStats, printed: u64, partial: u64) -> Value {
     let mut doc = base(SystemTime::now(), "monitor-stopped", "event", info);
     let mut requests = Map::new();
     for class in RequestClass::ALL {
@@ -166,6 +263,7 @@ pub fn stopped(info: &RunInfo, stats: &KernelStats, printed: u64) -> Value {
             "counters": {
                 "requests": requests,
                 "events_written": printed,
+            "attribution_partial": partial,
                 "lost_events": stats.lost_events,
                 "retransmitted_segments": stats.retransmits,
                 "sequence_gaps": stats.sequence_gaps,
@@ -203,6 +301,7 @@ mod tests {
             interfaces: vec!["eth0".into()],
             endpoints: vec!["169.254.169.254:80".parse().unwrap()],
             attach_method: "tcx",
+            cgroup: "/".into(),
         }
     }
 
@@ -220,6 +319,7 @@ mod tests {
             destination: "169.254.169.254:80".parse().unwrap(),
             ifindex: 2,
             socket_cookie: 0,
+            owner: None,
         }
     }
 
@@ -230,7 +330,7 @@ mod tests {
             "GET",
             "/latest/meta-data/iam/security-credentials/role",
         );
-        let doc = request(&req, "eth0", &info(Mode::Alert));
+        let doc = request(&req, &Sender::default(), "eth0", &info(Mode::Alert));
         assert_eq!(doc["event"]["kind"], "alert");
         assert_eq!(doc["event"]["action"], "imds-request");
         assert_eq!(doc["imds"]["class"], "v1_get");
@@ -255,7 +355,12 @@ mod tests {
     #[test]
     fn monitor_mode_never_alerts() {
         for class in RequestClass::ALL {
-            let doc = request(&request_of(class, "GET", "/"), "eth0", &info(Mode::Monitor));
+            let doc = request(
+                &request_of(class, "GET", "/"),
+                &Sender::default(),
+                "eth0",
+                &info(Mode::Monitor),
+            );
             assert_eq!(doc["event"]["kind"], "event", "{class:?}");
             assert_eq!(doc["imds"]["verdict"], "allowed");
         }
@@ -265,7 +370,7 @@ mod tests {
     fn token_put_carries_ttl_and_invalid_carries_reason() {
         let mut put = request_of(RequestClass::V2TokenPut, "PUT", "/latest/api/token");
         put.token_ttl = Some(21600);
-        let doc = request(&put, "eth0", &info(Mode::Alert));
+        let doc = request(&put, &Sender::default(), "eth0", &info(Mode::Alert));
         assert_eq!(doc["imds"]["token_ttl_seconds"], 21600);
         assert_eq!(doc["imds"]["path_category"], "token");
         assert_eq!(doc["event"]["kind"], "event");
@@ -273,7 +378,7 @@ mod tests {
         let mut bad = request_of(RequestClass::Invalid, "PUT", "/latest/api/token");
         bad.reason = InvalidReason::ForwardedFor;
         bad.flags = flag::FORWARDED_FOR;
-        let doc = request(&bad, "eth0", &info(Mode::Alert));
+        let doc = request(&bad, &Sender::default(), "eth0", &info(Mode::Alert));
         assert_eq!(doc["imds"]["invalid_reason"], "x_forwarded_for");
         assert_eq!(doc["imds"]["x_forwarded_for"], true);
     }
@@ -285,7 +390,13 @@ mod tests {
             "GET",
             "/latest/\"}\n{\"evil\":1\u{1b}[31m",
         );
-        let line = serde_json::to_string(&request(&req, "eth0", &info(Mode::Monitor))).unwrap();
+        let line = serde_json::to_string(&request(
+            &req,
+            &Sender::default(),
+            "eth0",
+            &info(Mode::Monitor),
+        ))
+        .unwrap();
         assert!(!line.contains('\n'), "one line");
         assert!(!line.contains('\u{1b}'), "no raw escape characters");
         let back: Value = serde_json::from_str(&line).unwrap();
@@ -298,10 +409,90 @@ mod tests {
         let mut stats = KernelStats::default();
         stats.requests[RequestClass::V1Get as usize] = 3;
         stats.lost_events = 1;
-        let doc = stopped(&info(Mode::Monitor), &stats, 2);
+        let doc = stopped(&info(Mode::Monitor), &stats, 2, 1);
         assert_eq!(doc["event"]["action"], "monitor-stopped");
         assert_eq!(doc["imds"]["counters"]["requests"]["v1_get"], 3);
         assert_eq!(doc["imds"]["counters"]["requests"]["incomplete"], 0);
         assert_eq!(doc["imds"]["counters"]["lost_events"], 1);
+        assert_eq!(doc["imds"]["counters"]["attribution_partial"], 1);
+    }
+
+    #[test]
+    fn sender_fields_name_process_parent_container_and_pod() {
+        use crate::{event::KernelOwner, workload::Workload};
+        let id = "4f9c1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7";
+        let path = format!(
+            "/kubepods.slice/kubepods-pod0b7e2f5a_1c3d_4e5f_8a9b_0c1d2e3f4a5b.slice/cri-containerd-{id}.scope"
+        );
+        let sender = Sender {
+            owner: Some(KernelOwner {
+                tgid: 300,
+                tid: 301,
+                uid: 1000,
+                gid: 1000,
+                cgroup_id: 42,
+                comm: "curl".into(),
+                method: "sequence",
+            }),
+            process: Some(ProcessInfo {
+                pid: 300,
+                ppid: Some(200),
+                name: "curl".into(),
+                executable: Some("/usr/bin/curl".into()),
+                args: vec!["curl".into(), "-s".into(), "http://169.254.169.254/".into()],
+                args_truncated: false,
+                uid: Some(1000),
+            }),
+            ancestry: vec![ProcessInfo {
+                pid: 200,
+                ppid: Some(100),
+                name: "sh".into(),
+                executable: Some("/bin/sh".into()),
+                ..ProcessInfo::default()
+            }],
+            workload: Workload::from_cgroup_path(&path),
+            cgroup_path: Some(path.clone()),
+            partial: None,
+        };
+        let req = request_of(RequestClass::V1Get, "GET", "/");
+        let doc = request(&req, &sender, "eth0", &info(Mode::Alert));
+        assert_eq!(doc["process"]["pid"], 300);
+        assert_eq!(doc["process"]["thread"]["id"], 301);
+        assert_eq!(doc["process"]["executable"], "/usr/bin/curl");
+        assert_eq!(doc["process"]["args"][1], "-s");
+        assert_eq!(doc["process"]["args_count"], 3);
+        assert_eq!(
+            doc["process"]["command_line"],
+            "curl -s http://169.254.169.254/"
+        );
+        assert_eq!(doc["process"]["user"]["id"], "1000");
+        assert_eq!(doc["process"]["parent"]["pid"], 200);
+        assert_eq!(doc["process"]["parent"]["name"], "sh");
+        assert_eq!(doc["imds"]["ancestry"][0]["executable"], "/bin/sh");
+        assert_eq!(doc["imds"]["cgroup"]["id"], 42);
+        assert_eq!(doc["imds"]["cgroup"]["path"], path);
+        assert_eq!(doc["container"]["id"], id);
+        assert_eq!(doc["container"]["runtime"], "containerd");
+        assert_eq!(
+            doc["orchestrator"]["resource"]["id"],
+            "0b7e2f5a-1c3d-4e5f-8a9b-0c1d2e3f4a5b"
+        );
+        assert_eq!(doc["imds"]["workload"]["kind"], "pod");
+        assert_eq!(doc["imds"]["attribution"], "full");
+        assert_eq!(doc["imds"]["attribution_method"], "sequence");
+        assert!(doc["imds"].get("attribution_reason").is_none());
+    }
+
+    #[test]
+    fn unattributed_request_says_why() {
+        let req = request_of(RequestClass::V1Get, "GET", "/");
+        let sender = Sender {
+            partial: Some("connection_not_seen"),
+            ..Sender::default()
+        };
+        let doc = request(&req, &sender, "eth0", &info(Mode::Alert));
+        assert_eq!(doc["imds"]["attribution"], "partial");
+        assert_eq!(doc["imds"]["attribution_reason"], "connection_not_seen");
+        assert!(doc.get("process").is_none());
     }
 }

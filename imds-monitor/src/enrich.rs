@@ -1,0 +1,149 @@
+//! Enrichment: from the kernel's owner of a connection (pid, cgroup id) to
+//! the process, its parents, its cgroup path and the workload behind it.
+
+use crate::{
+    cgroups::CgroupPaths,
+    event::{KernelOwner, Request},
+    processes::{ProcessCache, ProcessInfo},
+    workload::{Workload, WorkloadKind},
+};
+
+/// Ancestors listed at most (`imds.ancestry`).
+pub const MAX_ANCESTRY: usize = 8;
+
+/// Everything known about who sent a request.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Sender {
+    pub owner: Option<KernelOwner>,
+    pub process: Option<ProcessInfo>,
+    /// Parents, nearest first; the first one is `process.parent`.
+    pub ancestry: Vec<ProcessInfo>,
+    pub cgroup_path: Option<String>,
+    pub workload: Workload,
+    /// Why attribution is partial; `None` when it is full.
+    pub partial: Option<&'static str>,
+}
+
+impl Sender {
+    /// `imds.workload.{kind,id}`: the owner's stable key.
+    pub fn workload_key(&self) -> Option<(WorkloadKind, String)> {
+        if let Some((kind, id)) = self.workload.key() {
+            return Some((kind, id.to_owned()));
+        }
+        let process = self.process.as_ref()?;
+        let id = process
+            .executable
+            .clone()
+            .unwrap_or_else(|| process.name.clone());
+        Some((WorkloadKind::Process, id))
+    }
+}
+
+/// The lookups enrichment needs, kept across events.
+#[derive(Debug)]
+pub struct Enricher {
+    pub processes: ProcessCache,
+    pub cgroups: CgroupPaths,
+    /// Requests whose attribution was partial, for `monitor-stopped`.
+    pub partial_count: u64,
+}
+
+impl Enricher {
+    pub fn new(processes: ProcessCache, cgroups: CgroupPaths) -> Self {
+        Self {
+            processes,
+            cgroups,
+            partial_count: 0,
+        }
+    }
+
+    pub fn sender(&mut self, request: &Request) -> Sender {
+        let sender = self.resolve(request);
+        if sender.partial.is_some() {
+            self.partial_count += 1;
+        }
+        sender
+    }
+
+    fn resolve(&mut self, request: &Request) -> Sender {
+        let Some(owner) = request.owner.clone() else {
+            // No connect() was seen for this connection: it was open before
+            // the monitor started, or its socket is outside --cgroup.
+            return Sender {
+                partial: Some("connection_not_seen"),
+                ..Sender::default()
+            };
+        };
+        let cgroup_path = self.cgroups.path(owner.cgroup_id);
+        let workload = cgroup_path
+            .as_deref()
+            .map(Workload::from_cgroup_path)
+            .unwrap_or_default();
+        let mut process = self.processes.get(owner.tgid);
+        let mut partial = None;
+        match &mut process {
+            // Pids are reused: trust the cache only if the name agrees.
+            Some(p) if names_agree(&p.name, &owner.comm) => {}
+            _ => {
+                partial = Some("process_exited");
+                process = Some(ProcessInfo {
+                    pid: owner.tgid,
+                    name: owner.comm.clone(),
+                    uid: Some(owner.uid),
+                    ..ProcessInfo::default()
+                });
+            }
+        }
+        let ancestry = if partial.is_none() {
+            self.processes.ancestry(owner.tgid, MAX_ANCESTRY)
+        } else {
+            Vec::new()
+        };
+        if partial.is_none() && cgroup_path.is_none() {
+            partial = Some("cgroup_removed");
+        }
+        Sender {
+            owner: Some(owner),
+            process,
+            ancestry,
+            cgroup_path,
+            workload,
+            partial,
+        }
+    }
+}
+
+/// The kernel's comm is truncated to 15 bytes, and a thread may rename itself.
+fn names_agree(cached: &str, comm: &str) -> bool {
+    cached == comm || cached.starts_with(comm) || comm.starts_with(cached)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn comm_truncation_still_agrees() {
+        assert!(names_agree("amazon-ssm-agent", "amazon-ssm-agen"));
+        assert!(names_agree("curl", "curl"));
+        assert!(!names_agree("curl", "python3"));
+    }
+
+    #[test]
+    fn process_workload_falls_back_to_the_executable() {
+        let sender = Sender {
+            process: Some(ProcessInfo {
+                pid: 9,
+                name: "curl".into(),
+                executable: Some("/usr/bin/curl".into()),
+                ..ProcessInfo::default()
+            }),
+            ..Sender::default()
+        };
+        assert_eq!(
+            sender.workload_key(),
+            Some((WorkloadKind::Process, "/usr/bin/curl".into()))
+        );
+        assert_eq!(Sender::default().workload_key(), None);
+    }
+}

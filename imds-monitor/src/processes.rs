@@ -1,0 +1,315 @@
+//! The process cache: who each pid is (executable, arguments, parent), kept
+//! from exec, fork and exit records and seeded from /proc at start, so a
+//! process that exited right after its request is still named with its
+//! parents. Exited processes are kept for a while for events still queued.
+
+use std::{
+    collections::HashMap,
+    fs,
+    time::{Duration, Instant},
+};
+
+/// How long an exited process stays resolvable.
+const KEEP_EXITED: Duration = Duration::from_secs(60);
+/// Names that end an ancestry chain: the container runtime's shim.
+const SHIMS: [&str; 5] = [
+    "containerd-shim",
+    "containerd-shim-runc-v2",
+    "conmon",
+    "docker-containerd-shim",
+    "runc",
+];
+/// Entries above which exited ones are swept on the next exit.
+const SWEEP_ABOVE: usize = 65_536;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProcessInfo {
+    pub pid: u32,
+    pub ppid: Option<u32>,
+    /// The kernel's comm (at most 15 bytes).
+    pub name: String,
+    pub executable: Option<String>,
+    pub args: Vec<String>,
+    pub args_truncated: bool,
+    pub uid: Option<u32>,
+}
+
+/// An exec as the kernel reported it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Exec {
+    pub tgid: u32,
+    pub uid: u32,
+    pub name: String,
+    pub filename: String,
+    pub args: Vec<String>,
+    pub args_truncated: bool,
+}
+
+#[derive(Debug)]
+struct Entry {
+    info: ProcessInfo,
+    exited: Option<Instant>,
+}
+
+#[derive(Debug, Default)]
+pub struct ProcessCache {
+    entries: HashMap<u32, Entry>,
+}
+
+impl ProcessCache {
+    /// Seeded with every process running now.
+    pub fn seeded() -> Self {
+        let mut cache = Self::default();
+        if let Ok(dir) = fs::read_dir("/proc") {
+            for entry in dir.flatten() {
+                let Some(pid) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|s| s.parse::<u32>().ok())
+                else {
+                    continue;
+                };
+                if let Some(info) = read_proc(pid) {
+                    cache.insert(info);
+                }
+            }
+        }
+        cache
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn insert(&mut self, info: ProcessInfo) {
+        self.entries.insert(info.pid, Entry { info, exited: None });
+    }
+
+    pub fn on_exec(&mut self, exec: Exec) {
+        // The exec'ing process is alive now: /proc has the resolved path and
+        // parent. Its arguments come from the kernel (taken before the exec).
+        let from_proc = read_proc(exec.tgid);
+        let known_ppid = self.entries.get(&exec.tgid).and_then(|e| e.info.ppid);
+        let executable = from_proc
+            .as_ref()
+            .and_then(|p| p.executable.clone())
+            .or_else(|| (!exec.filename.is_empty()).then(|| exec.filename.clone()));
+        self.insert(ProcessInfo {
+            pid: exec.tgid,
+            ppid: from_proc.as_ref().and_then(|p| p.ppid).or(known_ppid),
+            name: exec.name,
+            executable,
+            args: exec.args,
+            args_truncated: exec.args_truncated,
+            uid: Some(exec.uid),
+        });
+    }
+
+    /// A new task of `parent`: until it execs, it is a copy of its parent.
+    pub fn on_fork(&mut self, parent: u32, child: u32) {
+        if child == parent {
+            return;
+        }
+        let mut info = match self.entries.get(&parent) {
+            Some(e) => e.info.clone(),
+            None => match read_proc(parent) {
+                Some(info) => {
+                    self.insert(info.clone());
+                    info
+                }
+                None => ProcessInfo::default(),
+            },
+        };
+        info.pid = child;
+        info.ppid = Some(parent);
+        self.insert(info);
+    }
+
+    pub fn on_exit(&mut self, tgid: u32) {
+        if let Some(entry) = self.entries.get_mut(&tgid) {
+            entry.exited = Some(Instant::now());
+        }
+        if self.entries.len() > SWEEP_ABOVE {
+            self.sweep();
+        }
+    }
+
+    /// Forgets processes that exited more than [`KEEP_EXITED`] ago.
+    pub fn sweep(&mut self) {
+        self.entries
+            .retain(|_, e| e.exited.is_none_or(|t| t.elapsed() < KEEP_EXITED));
+    }
+
+    /// The process, from the cache or else from /proc.
+    pub fn get(&mut self, pid: u32) -> Option<ProcessInfo> {
+        if let Some(entry) = self.entries.get(&pid) {
+            return Some(entry.info.clone());
+        }
+        let info = read_proc(pid)?;
+        self.insert(info.clone());
+        Some(info)
+    }
+
+    /// Parents of `pid`, nearest first, up to `max`: it stops after init
+    /// (pid 1) or a container shim, and at an unknown parent.
+    pub fn ancestry(&mut self, pid: u32, max: usize) -> Vec<ProcessInfo> {
+        let mut chain = Vec::new();
+        let mut next = self.get(pid).and_then(|p| p.ppid);
+        while let Some(ppid) = next {
+            if ppid == 0 || chain.len() == max || chain.iter().any(|p: &ProcessInfo| p.pid == ppid)
+            {
+                break;
+            }
+            let Some(parent) = self.get(ppid) else { break };
+            let stop = parent.pid == 1 || SHIMS.iter().any(|s| parent.name.starts_with(s));
+            next = parent.ppid;
+            chain.push(parent);
+            if stop {
+                break;
+            }
+        }
+        chain
+    }
+}
+
+/// Reads one process from /proc; `None` if it is gone.
+fn read_proc(pid: u32) -> Option<ProcessInfo> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (name, ppid) = parse_stat(&stat)?;
+    let executable = fs::read_link(format!("/proc/{pid}/exe")).ok().map(|p| {
+        p.to_string_lossy()
+            .trim_end_matches(" (deleted)")
+            .to_owned()
+    });
+    let args = fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|raw| split_nul(&raw))
+        .unwrap_or_default();
+    let uid = fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| parse_uid(&s));
+    Some(ProcessInfo {
+        pid,
+        ppid: Some(ppid),
+        name,
+        executable,
+        args,
+        args_truncated: false,
+        uid,
+    })
+}
+
+/// `(comm, ppid)` from /proc/PID/stat; comm may hold spaces and parentheses.
+fn parse_stat(stat: &str) -> Option<(String, u32)> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let name = stat.get(open + 1..close)?.to_owned();
+    let mut rest = stat.get(close + 1..)?.split_whitespace();
+    let _state = rest.next()?;
+    let ppid = rest.next()?.parse().ok()?;
+    Some((name, ppid))
+}
+
+fn parse_uid(status: &str) -> Option<u32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// NUL-separated strings (cmdline, the kernel's argument buffer).
+pub fn split_nul(raw: &[u8]) -> Vec<String> {
+    raw.split(|&b| b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_with_odd_comm() {
+        let stat = "4242 (my (weird) proc) S 17 4242 4242 0 -1 4194560 ...";
+        assert_eq!(parse_stat(stat), Some(("my (weird) proc".into(), 17)));
+        assert_eq!(parse_stat("garbage"), None);
+    }
+
+    #[test]
+    fn nul_separated_args() {
+        assert_eq!(
+            split_nul(b"curl\0-s\0http://x/\0"),
+            ["curl", "-s", "http://x/"]
+        );
+        assert!(split_nul(b"").is_empty());
+    }
+
+    fn info(pid: u32, ppid: u32, name: &str) -> ProcessInfo {
+        ProcessInfo {
+            pid,
+            ppid: Some(ppid),
+            name: name.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn fork_copies_the_parent_and_exec_replaces_it() {
+        let mut cache = ProcessCache::default();
+        cache.insert(ProcessInfo {
+            executable: Some("/bin/sh".into()),
+            ..info(4_000_000, 1, "sh")
+        });
+        cache.on_fork(4_000_000, 4_000_001);
+        let child = cache.get(4_000_001).unwrap();
+        assert_eq!(
+            (child.ppid, child.executable.as_deref()),
+            (Some(4_000_000), Some("/bin/sh"))
+        );
+        // The exec'd pid is gone from /proc (fake pid): the kernel's facts are used.
+        cache.on_exec(Exec {
+            tgid: 4_000_001,
+            uid: 0,
+            name: "curl".into(),
+            filename: "/usr/bin/curl".into(),
+            args: vec!["curl".into(), "-s".into()],
+            args_truncated: false,
+        });
+        let child = cache.get(4_000_001).unwrap();
+        assert_eq!(child.name, "curl");
+        assert_eq!(child.executable.as_deref(), Some("/usr/bin/curl"));
+        assert_eq!(child.ppid, Some(4_000_000), "parent kept from the fork");
+        cache.on_exit(4_000_001);
+        assert!(cache.get(4_000_001).is_some(), "kept a while after exit");
+    }
+
+    #[test]
+    fn ancestry_stops_at_a_shim_or_init_and_survives_loops() {
+        let mut cache = ProcessCache::default();
+        cache.insert(info(4_000_010, 4_000_011, "curl"));
+        cache.insert(info(4_000_011, 4_000_012, "sh"));
+        cache.insert(info(4_000_012, 4_000_013, "containerd-shim-runc-v2"));
+        cache.insert(info(4_000_013, 1, "containerd"));
+        let chain: Vec<_> = cache
+            .ancestry(4_000_010, 8)
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
+        assert_eq!(chain, ["sh", "containerd-shim-runc-v2"]);
+        cache.insert(info(4_000_020, 4_000_021, "a"));
+        cache.insert(info(4_000_021, 4_000_020, "b"));
+        assert_eq!(cache.ancestry(4_000_020, 8).len(), 2, "a cycle ends");
+        assert_eq!(cache.ancestry(4_000_010, 1).len(), 1, "bounded");
+    }
+
+    #[test]
+    fn seeds_from_proc() {
+        let cache = ProcessCache::seeded();
+        assert!(cache.len() > 1);
+        let mut cache = cache;
+        let me = cache.get(std::process::id()).unwrap();
+        assert!(me.executable.is_some());
+        assert!(!me.args.is_empty());
+    }
+}
