@@ -34,6 +34,11 @@ pub enum Command {
     /// Attach to the host's interfaces and stream one JSON line per IMDS request
     #[command(after_help = EXAMPLES)]
     Run(RunArgs),
+    /// Read the events (NDJSON, rotated or gzipped) and say which workloads
+    /// still use IMDSv1 and whether HttpTokens=required is safe
+    Report(crate::report::ReportArgs),
+    /// Check that this host can run the monitor, and say how to fix what is missing
+    Check(crate::check::CheckArgs),
 }
 
 #[derive(Debug, Args)]

@@ -5,6 +5,7 @@
 //! [`output::ecs`] JSON -> [`output::sink`].
 
 mod cgroups;
+mod check;
 mod cli;
 mod clock;
 mod endpoints;
@@ -15,6 +16,7 @@ mod kernel;
 mod output;
 mod policy;
 mod processes;
+mod report;
 mod run;
 mod stats;
 mod workload;
@@ -30,6 +32,9 @@ fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let result = match cli.command {
         cli::Command::Run(args) => run::run(args),
+        // These two choose their own exit codes (documented in their --help).
+        cli::Command::Report(args) => return report::main(args),
+        cli::Command::Check(args) => return check::main(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
