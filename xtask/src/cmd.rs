@@ -91,7 +91,8 @@ pub fn announce(cmd: &Command) {
     {
         line.push_str(&format!("    (in {})", dir.display()));
     }
-    println!("{line}");
+    // stderr: the stdout of `demo --json` and `run` stays the program's own.
+    eprintln!("{line}");
     let _ = io::stdout().flush();
 }
 

@@ -1,0 +1,308 @@
+//! The workloads of the migration story: who on a typical EC2 host calls
+//! IMDS, and how.
+//!
+//! Every workload runs inside the sandbox (`Sandbox::command`, `curl`,
+//! `imds_client`), never in this machine's own network namespace, and every
+//! request is bounded by a timeout. To add one, append to [`workloads`]; the
+//! table, the checks and the summary pick it up.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail, ensure};
+use imds_sandbox::{ContainerSpec, Place, Sandbox};
+
+use crate::narrate::Narrator;
+
+/// Base URL of IMDSv4 as workloads see it (inside the sandbox).
+const IMDS: &str = "http://169.254.169.254";
+/// Upper bound of each curl request, in seconds.
+const CURL_MAX_TIME: &str = "2";
+/// How long the SDK-like client waits for its token, like botocore (1 s).
+pub const SDK_TOKEN_TIMEOUT_MS: u64 = 1000;
+
+/// Container indices of the sandbox built from [`containers`].
+pub const DOCKER: usize = 0;
+pub const POD: usize = 1;
+
+/// The containers the workloads need, in index order.
+pub fn containers() -> Vec<ContainerSpec> {
+    vec![ContainerSpec::docker(), ContainerSpec::kubernetes()]
+}
+
+/// One workload of the story.
+pub struct Workload {
+    /// Short name for tables ("ran by" column, summary).
+    pub label: &'static str,
+    /// Heading when it is announced.
+    pub title: &'static str,
+    /// Where it runs: cgroup and network namespace.
+    pub place: Place,
+    /// One or two sentences of narration before it runs.
+    pub story: &'static str,
+    /// Classes of the requests it makes, in order (`imds.class`).
+    pub expect: &'static [&'static str],
+    /// Runs it and narrates what it did and saw.
+    pub run: fn(&Sandbox, &Place, &mut Narrator) -> Result<()>,
+}
+
+pub fn workloads() -> Vec<Workload> {
+    vec![
+        Workload {
+            label: "cloud-init",
+            title: "UserData script, run by cloud-init at first boot",
+            place: Place::service("cloud-init"),
+            story: "The launch template's UserData is a shell script written years ago: it\n\
+                    reads the instance id and the role name with plain curl (IMDSv1).",
+            expect: &["v1_get", "v1_get"],
+            run: user_data_script,
+        },
+        Workload {
+            label: "ssm-agent",
+            title: "Amazon SSM agent (an up-to-date AWS SDK)",
+            place: Place::service("amazon-ssm-agent"),
+            story: "A current agent: it PUTs for a session token, then reads with the token\n\
+                    (IMDSv2). Header names in lower case, as the Go SDK sends them.",
+            expect: &["v2_token_put", "v2_get"],
+            run: v2_agent,
+        },
+        Workload {
+            label: "docker app",
+            title: "Application in a Docker container",
+            place: Place::Container(DOCKER),
+            story: "An app in a container fetches the instance role's credentials with\n\
+                    IMDSv1; its packets are routed and masqueraded by the host.",
+            expect: &["v1_get", "v1_get"],
+            run: docker_app,
+        },
+        Workload {
+            label: "k8s pod",
+            title: "SDK client in a Kubernetes pod container",
+            place: Place::Container(POD),
+            story: "An SDK that tries IMDSv2 first, with botocore's defaults (1 s timeout, one\n\
+                    attempt). The instance's HttpPutResponseHopLimit is 1, the pod is one hop\n\
+                    behind the host: the token response dies on the way, and the SDK\n\
+                    silently falls back to IMDSv1.",
+            expect: &["v2_token_put", "v1_get", "v1_get"],
+            run: sdk_fallback,
+        },
+        Workload {
+            label: "gcp probe",
+            title: "Multi-cloud agent probing for Google Cloud",
+            place: Place::service("multicloud-agent"),
+            story: "A tool that asks the same address whether it runs on GCP\n\
+                    (Metadata-Flavor: Google). That is not IMDSv1 use and must not alert.",
+            expect: &["other_cloud"],
+            run: gcp_probe,
+        },
+    ]
+}
+
+/// What a command line looks like in the narration.
+fn show(out: &mut Narrator, args: &[&str]) {
+    let shown: Vec<String> = args
+        .iter()
+        .map(|a| {
+            if a.contains(' ') || a.contains('*') {
+                format!("'{a}'")
+            } else {
+                (*a).to_owned()
+            }
+        })
+        .collect();
+    out.quote("$", &shown.join(" "));
+}
+
+/// A curl request from `place`; returns the body after checking the status.
+fn curl(
+    sb: &Sandbox,
+    place: &Place,
+    out: &mut Narrator,
+    headers: &[&str],
+    path: &str,
+    want: u16,
+) -> Result<String> {
+    let url = format!("{IMDS}{path}");
+    let mut args = vec!["--max-time", CURL_MAX_TIME];
+    for h in headers {
+        args.extend(["-H", h]);
+    }
+    args.push(&url);
+    let mut shown = vec!["curl"];
+    for h in headers {
+        shown.extend(["-H", h]);
+    }
+    shown.push(&url);
+    show(out, &shown);
+    let res = sb.curl(place, &args)?;
+    let status = res
+        .status
+        .map_or_else(|| "no answer".to_owned(), |s| s.to_string());
+    out.detail(&format!("-> {status}  {}", first_line(&res.body)));
+    ensure!(
+        res.status == Some(want),
+        "curl {url} got {status}, expected {want} (exit {:?}): {}",
+        res.exit_code,
+        res.stderr.trim()
+    );
+    Ok(res.body)
+}
+
+/// What a response body says, in a few words: the credentials' key id, an
+/// error page's title, or the first line.
+fn first_line(body: &str) -> String {
+    if let Ok(serde_json::Value::Object(doc)) = serde_json::from_str(body)
+        && let Some(key) = doc.get("AccessKeyId").and_then(|k| k.as_str())
+    {
+        let code = doc.get("Code").and_then(|c| c.as_str()).unwrap_or("?");
+        return format!(
+            "{{\"Code\": \"{code}\", \"AccessKeyId\": \"{key}\", \"SecretAccessKey\": ...}}"
+        );
+    }
+    if let Some((_, rest)) = body.split_once("<title>")
+        && let Some((title, _)) = rest.split_once("</title>")
+    {
+        return title.trim().to_owned();
+    }
+    let line = body.lines().next().unwrap_or("").trim();
+    if line.chars().count() > 60 {
+        format!("{}...", line.chars().take(57).collect::<String>())
+    } else {
+        line.to_owned()
+    }
+}
+
+const USER_DATA: &str = r#"#!/bin/sh
+# UserData: tag this instance's resources with its id and role
+IMDS=http://169.254.169.254/latest/meta-data
+ID=$(curl -s --max-time 2 --noproxy '*' "$IMDS/instance-id")
+ROLE=$(curl -s --max-time 2 --noproxy '*' "$IMDS/iam/security-credentials/")
+echo "instance $ID, role $ROLE""#;
+
+fn user_data_script(sb: &Sandbox, place: &Place, out: &mut Narrator) -> Result<()> {
+    out.quote("|", USER_DATA);
+    let output = sb
+        .command(place, "sh")?
+        .args(["-c", USER_DATA])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .context("cannot run the UserData script")?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    out.detail(&format!("-> script printed: {}", stdout.trim()));
+    ensure!(
+        output.status.success() && stdout.contains("i-") && !stdout.contains("role ,"),
+        "the UserData script failed ({}): {}{}",
+        output.status,
+        stdout.trim(),
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    Ok(())
+}
+
+fn v2_agent(sb: &Sandbox, place: &Place, out: &mut Narrator) -> Result<()> {
+    let args = [
+        "--v2",
+        "--lowercase",
+        "--path",
+        "/latest/dynamic/instance-identity/document",
+        "--timeout-ms",
+        "2000",
+    ];
+    show(out, &[&["imds-client"], &args[..]].concat());
+    let res = sb.imds_client(place, &args)?;
+    out.detail(&format!(
+        "-> PUT /latest/api/token {}, then GET with the token {}",
+        status_at(&res.statuses, 0),
+        status_at(&res.statuses, 1)
+    ));
+    ensure!(
+        res.success() && res.statuses == [200, 200],
+        "the v2 agent failed: {res:?}"
+    );
+    Ok(())
+}
+
+fn status_at(statuses: &[u16], i: usize) -> String {
+    statuses
+        .get(i)
+        .map_or_else(|| "(no answer)".to_owned(), |s| s.to_string())
+}
+
+fn docker_app(sb: &Sandbox, place: &Place, out: &mut Narrator) -> Result<()> {
+    let base = "/latest/meta-data/iam/security-credentials/";
+    let role = curl(sb, place, out, &[], base, 200)?;
+    let role = role.lines().next().unwrap_or("").trim().to_owned();
+    ensure!(!role.is_empty(), "no role name from {base}");
+    curl(sb, place, out, &[], &format!("{base}{role}"), 200)?;
+    out.detail("   (the instance role's temporary credentials; the mock's are fake)");
+    Ok(())
+}
+
+fn sdk_fallback(sb: &Sandbox, place: &Place, out: &mut Narrator) -> Result<()> {
+    let base = "/latest/meta-data/iam/security-credentials/";
+    let timeout = SDK_TOKEN_TIMEOUT_MS.to_string();
+    let put = [
+        "--v2",
+        "--lowercase",
+        "--timeout-ms",
+        &timeout,
+        "--path",
+        base,
+    ];
+    show(out, &[&["imds-client"], &put[..]].concat());
+    let started = Instant::now();
+    let res = sb.imds_client(place, &put)?;
+    let waited = started.elapsed().as_secs_f64();
+    if res.timed_out() {
+        out.detail(&format!(
+            "-> token PUT: no answer after {waited:.2} s (imds-client: timed out)"
+        ));
+    } else {
+        bail!(
+            "the pod's token PUT was expected to time out (hop limit 1), but: {res:?}; \
+             is the sandbox's hop limit above 1?"
+        );
+    }
+    if let Some(put) = sb
+        .imds_log()
+        .iter()
+        .rev()
+        .find(|r| r.method == "PUT" && r.hop_limit.is_some())
+    {
+        out.detail(&format!(
+            "   (IMDS did answer {} -- with IP TTL {}, which the extra hop to the pod kills)",
+            put.status,
+            put.hop_limit.unwrap_or_default()
+        ));
+    }
+    out.detail("the SDK falls back to IMDSv1:");
+    let get = ["--v1", "--lowercase", "--verbose", "--path", base];
+    show(out, &[&["imds-client"], &get[..]].concat());
+    let res = sb.imds_client(place, &get)?;
+    ensure!(res.success(), "the v1 fallback failed: {res:?}");
+    let role = res.stderr.lines().next().unwrap_or("").trim().to_owned();
+    out.detail(&format!("-> {}  {role}", status_at(&res.statuses, 0)));
+    ensure!(!role.is_empty(), "no role name in the fallback's answer");
+    let path = format!("{base}{role}");
+    let get = ["--v1", "--lowercase", "--path", &path];
+    show(out, &[&["imds-client"], &get[..]].concat());
+    let res = sb.imds_client(place, &get)?;
+    ensure!(res.success(), "the v1 credentials read failed: {res:?}");
+    out.detail(&format!(
+        "-> {}  the role's credentials, over IMDSv1, {waited:.1} s late",
+        status_at(&res.statuses, 0)
+    ));
+    Ok(())
+}
+
+fn gcp_probe(sb: &Sandbox, place: &Place, out: &mut Narrator) -> Result<()> {
+    curl(
+        sb,
+        place,
+        out,
+        &["Metadata-Flavor: Google"],
+        "/computeMetadata/v1/instance/id",
+        404,
+    )?;
+    out.detail("   (not GCP: IMDS has no such path)");
+    Ok(())
+}
