@@ -8,6 +8,7 @@ pub mod kind {
     pub const EXEC: u8 = 2;
     pub const FORK: u8 = 3;
     pub const EXIT: u8 = 4;
+    pub const RESPONSE: u8 = 5;
 }
 
 /// Who opened a connection, captured in the kernel when connect() ran, so a
@@ -94,6 +95,39 @@ pub struct RequestEvent {
     pub method: [u8; METHOD_CAP],
     pub path: [u8; PATH_CAP],
     pub owner: Owner,
+    /// Position of this request on its connection (0, 1, ...): the response
+    /// with the same index answers it.
+    pub request_index: u16,
+    /// 1 when the request was forwarded (no local socket).
+    pub forwarded: u8,
+    pub _pad2: [u8; 5],
+}
+
+/// The status line of a response from an endpoint, seen on the way in.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ResponseEvent {
+    pub kind: u8,
+    pub family: u8,
+    /// IP TTL / IPv6 hop limit of the packet carrying the status line, as it
+    /// reached this host (before forwarding to a container).
+    pub ttl: u8,
+    /// 1 when the connection's requests were forwarded (a container).
+    pub forwarded: u8,
+    pub status: u16,
+    /// Index of the request this answers (see `RequestEvent::request_index`).
+    pub request_index: u16,
+    /// The client's side as in the request: source is the client.
+    pub sport: u16,
+    pub dport: u16,
+    pub attribution: u8,
+    pub _pad: [u8; 3],
+    pub ifindex: u32,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub _pad2: [u8; 4],
+    pub boot_ns: u64,
+    pub owner: Owner,
 }
 
 impl RequestEvent {
@@ -120,6 +154,9 @@ impl RequestEvent {
             method: [0; METHOD_CAP],
             path: [0; PATH_CAP],
             owner: Owner::zeroed(),
+            request_index: 0,
+            forwarded: 0,
+            _pad2: [0; 5],
         }
     }
 }
@@ -186,6 +223,10 @@ pub mod stat {
     pub const SEQUENCE_GAPS: u32 = 2;
     /// Payload bytes past what the classifier inspects in one packet.
     pub const TRUNCATED_PACKETS: u32 = 3;
+    /// Responses read (status lines), and connections whose responses could
+    /// not be followed to the end.
+    pub const RESPONSES: u32 = 4;
+    pub const RESPONSES_LOST: u32 = 5;
     /// Requests classified, by class: `CLASS_BASE + class`.
     pub const CLASS_BASE: u32 = 8;
     pub const COUNT: u32 = 16;

@@ -1,6 +1,6 @@
 //! Per-connection state the classifier keeps between TCP segments.
 
-use crate::{event::Owner, http::RequestParser};
+use crate::{event::Owner, http::RequestParser, response::ResponseReader};
 
 /// A TCP connection to an IMDS endpoint, as seen on the classifier's interface.
 #[repr(C)]
@@ -20,6 +20,8 @@ pub mod flow_flag {
     /// The stream position is unknown (junk, an overlong head, a gap inside a
     /// head): ignore payload until the connection ends.
     pub const DESYNC: u8 = 1 << 0;
+    /// The responses cannot be followed any more (chunked body, a gap).
+    pub const RESPONSES_LOST: u8 = 1 << 1;
 }
 
 /// Value of the per-connection map.
@@ -29,16 +31,27 @@ pub struct FlowState {
     pub parser: RequestParser,
     /// Who opened the connection, once found (`attribution` != NONE).
     pub owner: Owner,
+    /// The server's side: status codes, in request order.
+    pub response: ResponseReader,
     /// Sequence number of the next payload byte not yet fed to the parser.
     pub next_seq: u32,
     /// Initial sequence number + 1, when the SYN was seen (else 0).
     pub first_seq: u32,
     /// Body bytes of the last request still to skip (Content-Length).
     pub body_left: u32,
+    /// Next response byte not yet read (0 until the SYN-ACK is seen).
+    pub response_next_seq: u32,
+    /// Requests the server will answer (complete or malformed heads), and
+    /// responses read: response n answers request n.
+    pub requests: u16,
+    pub responses: u16,
     pub flags: u8,
     /// [`crate::event::attribution`] of `owner`.
     pub attribution: u8,
-    pub _pad: [u8; 2],
+    /// The requests were forwarded (no local socket): a container or VM
+    /// behind this host, one more hop from IMDS.
+    pub forwarded: u8,
+    pub _pad: u8,
 }
 
 /// Key of the map that finds a forwarded connection's owner: destination
@@ -59,12 +72,17 @@ impl FlowState {
         Self {
             parser: RequestParser::new(),
             owner: Owner::zeroed(),
+            response: ResponseReader::new(),
             next_seq,
             first_seq: 0,
             body_left: 0,
+            response_next_seq: 0,
+            requests: 0,
+            responses: 0,
             flags: 0,
             attribution: 0,
-            _pad: [0; 2],
+            forwarded: 0,
+            _pad: 0,
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod config;
 pub mod event;
 pub mod flow;
 pub mod http;
+pub mod response;
 
 #[cfg(feature = "user")]
 mod pod {

@@ -63,31 +63,55 @@ fn on_payload(ctx: &TcContext, segment: &Segment, origin: &Origin) {
         return;
     }
     let len = segment.payload_len;
-    let ahead = segment.seq.wrapping_sub(flow.next_seq) as i32;
-    let mut skip = 0u32;
-    if ahead < 0 {
-        let already_seen = ahead.unsigned_abs();
-        if already_seen >= len {
+    // Set on every segment: a socket-less packet was forwarded (a container).
+    flow.forwarded = (origin.socket_cookie == 0) as u8;
+    let skip = match advance(flow.next_seq, segment.seq, len) {
+        Advance::New { skip } => skip,
+        Advance::Seen => {
             count(stat::RETRANSMITS);
             return;
         }
-        // Re-segmented retransmission: only the tail is new.
-        skip = already_seen;
-    } else if ahead > 0 {
-        // Bytes were never seen (a segment lost before this hook, or map
-        // eviction): the stream position is unknown from here on.
-        count(stat::SEQUENCE_GAPS);
-        if flow.parser.in_request() {
-            scan::emit(origin, flow, RequestClass::Incomplete, InvalidReason::None);
+        Advance::Gap => {
+            // Bytes were never seen (a segment lost before this hook, or map
+            // eviction): the stream position is unknown from here on.
+            count(stat::SEQUENCE_GAPS);
+            if flow.parser.in_request() {
+                scan::emit(origin, flow, RequestClass::Incomplete, InvalidReason::None);
+            }
+            flow.flags |= flow_flag::DESYNC;
+            return;
         }
-        flow.flags |= flow_flag::DESYNC;
-        return;
-    }
+    };
     if flow.attribution == attribution::NONE {
         find_owner(flow, segment, origin.socket_cookie);
     }
     flow.next_seq = segment.seq.wrapping_add(len);
     scan::scan_payload(ctx, flow, origin, segment.payload_offset + skip, len - skip);
+}
+
+/// Where a segment of `len` bytes at `seq` stands against `expected`, the
+/// next byte not yet read.
+pub enum Advance {
+    /// New bytes; the first `skip` were seen before (re-segmented retransmit).
+    New { skip: u32 },
+    /// Everything was seen before: a retransmission.
+    Seen,
+    /// Bytes before it were never seen.
+    Gap,
+}
+
+#[inline(always)]
+pub fn advance(expected: u32, seq: u32, len: u32) -> Advance {
+    let ahead = seq.wrapping_sub(expected) as i32;
+    if ahead > 0 {
+        return Advance::Gap;
+    }
+    let already_seen = ahead.unsigned_abs();
+    if already_seen >= len {
+        Advance::Seen
+    } else {
+        Advance::New { skip: already_seen }
+    }
 }
 
 /// Looks up who opened the connection: by the packet's socket (host

@@ -14,6 +14,7 @@ mod flow;
 mod maps;
 mod packet;
 mod process;
+mod responses;
 mod scan;
 
 use aya_ebpf::{bindings::TC_ACT_UNSPEC, macros::classifier, programs::TcContext};
@@ -31,6 +32,16 @@ pub fn imds_classify(ctx: TcContext) -> i32 {
     }
     // Monitoring never changes a packet's fate; UNSPEC lets the next program
     // (TCX) or the default action (clsact) decide.
+    TC_ACT_UNSPEC
+}
+
+/// Sees every packet arriving on the interface; reads the status line of
+/// responses from IMDS endpoints to connections the classifier follows.
+#[classifier]
+pub fn imds_responses(ctx: TcContext) -> i32 {
+    if let Some(segment) = packet::imds_response_segment(&ctx) {
+        responses::on_segment(&ctx, &segment);
+    }
     TC_ACT_UNSPEC
 }
 

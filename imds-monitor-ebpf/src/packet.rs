@@ -23,7 +23,11 @@ const IPPROTO_TCP: u8 = 6;
 
 /// A TCP segment to a watched endpoint.
 pub struct Segment {
+    /// Always client -> endpoint, also for responses (so both directions
+    /// find the same connection state).
     pub key: FlowKey,
+    /// IPv4 TTL or IPv6 hop limit as the packet arrived here.
+    pub ttl: u8,
     pub seq: u32,
     pub syn: bool,
     pub fin_or_rst: bool,
@@ -85,22 +89,39 @@ pub fn watched_v6(addr: &[u8; 16], port_be: u16) -> bool {
 
 #[inline(always)]
 pub fn imds_segment(ctx: &TcContext) -> Option<Segment> {
+    segment::<false>(ctx)
+}
+
+/// A TCP segment from a watched endpoint (a response), keyed like its request.
+#[inline(always)]
+pub fn imds_response_segment(ctx: &TcContext) -> Option<Segment> {
+    segment::<true>(ctx)
+}
+
+/// `RESPONSE`: the endpoint is the packet's source, not its destination.
+#[inline(always)]
+fn segment<const RESPONSE: bool>(ctx: &TcContext) -> Option<Segment> {
     let eth: *const EthHdr = ptr_at(ctx, 0)?;
     match u16::from_be(unsafe { (*eth).ether_type }) {
-        ETH_P_IP => ipv4_segment(ctx),
-        ETH_P_IPV6 => ipv6_segment(ctx),
+        ETH_P_IP => ipv4_segment::<RESPONSE>(ctx),
+        ETH_P_IPV6 => ipv6_segment::<RESPONSE>(ctx),
         _ => None,
     }
 }
 
 #[inline(always)]
-fn ipv4_segment(ctx: &TcContext) -> Option<Segment> {
+fn ipv4_segment<const RESPONSE: bool>(ctx: &TcContext) -> Option<Segment> {
     let ip: *const Ipv4Hdr = ptr_at(ctx, EthHdr::LEN)?;
     let ip = unsafe { &*ip };
     if ip.proto != IPPROTO_TCP {
         return None;
     }
-    let watched_port = watched_v4_port(u32::from_ne_bytes(ip.dst_addr))?;
+    let (client, endpoint) = if RESPONSE {
+        (ip.dst_addr, ip.src_addr)
+    } else {
+        (ip.src_addr, ip.dst_addr)
+    };
+    let watched_port = watched_v4_port(u32::from_ne_bytes(endpoint))?;
     // Later fragments carry no TCP header; IMDS requests are never fragmented.
     if u16::from_be_bytes(ip.frags) & 0x1fff != 0 {
         return None;
@@ -119,17 +140,18 @@ fn ipv4_segment(ctx: &TcContext) -> Option<Segment> {
         family: AF_INET,
         _pad: [0; 3],
     };
-    key.saddr[..4].copy_from_slice(&ip.src_addr);
-    key.daddr[..4].copy_from_slice(&ip.dst_addr);
+    key.saddr[..4].copy_from_slice(&client);
+    key.daddr[..4].copy_from_slice(&endpoint);
     // A GSO packet may carry tot_len 0 (BIG TCP): fall back to the skb length.
     let l3_len = if ip_len != 0 {
         ip_len
     } else {
         ctx.len().saturating_sub(EthHdr::LEN as u32)
     };
-    tcp_segment(
+    tcp_segment::<RESPONSE>(
         ctx,
         key,
+        ip.ttl,
         watched_port,
         l4,
         l3_len.saturating_sub(ihl as u32),
@@ -137,17 +159,22 @@ fn ipv4_segment(ctx: &TcContext) -> Option<Segment> {
 }
 
 #[inline(always)]
-fn ipv6_segment(ctx: &TcContext) -> Option<Segment> {
+fn ipv6_segment<const RESPONSE: bool>(ctx: &TcContext) -> Option<Segment> {
     let ip: *const Ipv6Hdr = ptr_at(ctx, EthHdr::LEN)?;
     let ip = unsafe { &*ip };
     // Extension headers before TCP are not followed: IMDS clients send none.
     if ip.next_hdr != IPPROTO_TCP {
         return None;
     }
-    let watched_port = watched_v6_port(&ip.dst_addr)?;
+    let (client, endpoint) = if RESPONSE {
+        (ip.dst_addr, ip.src_addr)
+    } else {
+        (ip.src_addr, ip.dst_addr)
+    };
+    let watched_port = watched_v6_port(&endpoint)?;
     let key = FlowKey {
-        saddr: ip.src_addr,
-        daddr: ip.dst_addr,
+        saddr: client,
+        daddr: endpoint,
         sport: 0,
         dport: 0,
         family: AF_INET6,
@@ -160,9 +187,10 @@ fn ipv6_segment(ctx: &TcContext) -> Option<Segment> {
         ctx.len()
             .saturating_sub((EthHdr::LEN + Ipv6Hdr::LEN) as u32)
     };
-    tcp_segment(
+    tcp_segment::<RESPONSE>(
         ctx,
         key,
+        ip.hop_limit,
         watched_port,
         EthHdr::LEN + Ipv6Hdr::LEN,
         payload_len,
@@ -171,9 +199,10 @@ fn ipv6_segment(ctx: &TcContext) -> Option<Segment> {
 
 /// `l4_len`: bytes from the TCP header to the end of the IP payload.
 #[inline(always)]
-fn tcp_segment(
+fn tcp_segment<const RESPONSE: bool>(
     ctx: &TcContext,
     mut key: FlowKey,
+    ttl: u8,
     watched_port: u16,
     l4_offset: usize,
     l4_len: u32,
@@ -183,18 +212,23 @@ fn tcp_segment(
     }
     let tcp: *const TcpHdr = ptr_at(ctx, l4_offset)?;
     let tcp = unsafe { &*tcp };
-    let dest = u16::from_ne_bytes(tcp.dest);
-    if dest != watched_port {
+    let (client_port, endpoint_port) = if RESPONSE {
+        (tcp.dest, tcp.source)
+    } else {
+        (tcp.source, tcp.dest)
+    };
+    if u16::from_ne_bytes(endpoint_port) != watched_port {
         return None;
     }
     let doff = (tcp.doff() as u32) * 4;
     if doff < TcpHdr::LEN as u32 || doff > l4_len {
         return None;
     }
-    key.sport = u16::from_be_bytes(tcp.source);
-    key.dport = u16::from_be(dest);
+    key.sport = u16::from_be_bytes(client_port);
+    key.dport = u16::from_be_bytes(endpoint_port);
     Some(Segment {
         key,
+        ttl,
         seq: u32::from_be_bytes(tcp.seq),
         syn: tcp.syn() != 0,
         fin_or_rst: tcp.fin() != 0 || tcp.rst() != 0,

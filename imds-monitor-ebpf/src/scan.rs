@@ -31,11 +31,15 @@ struct ScanState {
     origin: *const Origin,
 }
 
+/// Copies up to [`SCAN_CAP`] payload bytes at `offset` into `bytes`; returns
+/// how many, or `None` when there is nothing to read.
 #[inline(always)]
-pub fn scan_payload(ctx: &TcContext, flow: &mut FlowState, origin: &Origin, offset: u32, len: u32) {
-    let Some(bytes) = SCRATCH.get_ptr_mut(0) else {
-        return;
-    };
+pub fn load_payload(
+    ctx: &TcContext,
+    bytes: *mut [u8; SCAN_CAP],
+    offset: u32,
+    len: u32,
+) -> Option<u32> {
     let n = if len as u64 > SCAN_CAP as u64 {
         // More than one packet's scan budget (a GSO burst of pipelined
         // requests): the rest cannot be followed.
@@ -45,15 +49,25 @@ pub fn scan_payload(ctx: &TcContext, flow: &mut FlowState, origin: &Origin, offs
         len as u64
     };
     if n == 0 {
-        return;
+        return None;
     }
     // black_box hides the range from LLVM so it cannot fold the mask away;
     // the verifier then sees the length in [1, SCAN_CAP] in the passed register.
     let n = (core::hint::black_box(n).wrapping_sub(1) & (SCAN_CAP as u64 - 1)) + 1;
     if load_bytes(ctx, offset, bytes.cast(), n) != 0 {
-        return;
+        return None;
     }
-    let n = n as u32;
+    Some(n as u32)
+}
+
+#[inline(always)]
+pub fn scan_payload(ctx: &TcContext, flow: &mut FlowState, origin: &Origin, offset: u32, len: u32) {
+    let Some(bytes) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    let Some(n) = load_payload(ctx, bytes, offset, len) else {
+        return;
+    };
     let mut state = ScanState {
         bytes,
         flow,
@@ -104,6 +118,7 @@ unsafe extern "C" fn scan_byte(index: u64, state: *mut c_void) -> i64 {
         Step::Complete => {
             let (class, reason) = flow.parser.classify();
             emit(unsafe { &*state.origin }, flow, class, reason);
+            flow.requests = flow.requests.wrapping_add(1);
             if flow.parser.flags & flag::CONTENT_LENGTH != 0 {
                 flow.body_left = flow.parser.content_length;
             }
@@ -118,6 +133,8 @@ unsafe extern "C" fn scan_byte(index: u64, state: *mut c_void) -> i64 {
                 RequestClass::Invalid,
                 InvalidReason::Malformed,
             );
+            // The server answers junk too (400), so it takes a response slot.
+            flow.requests = flow.requests.wrapping_add(1);
             flow.flags |= flow_flag::DESYNC;
             1
         }
@@ -160,5 +177,8 @@ pub fn emit(origin: &Origin, flow: &FlowState, class: RequestClass, reason: Inva
     event.method = parser.method;
     event.path = parser.path;
     event.owner = flow.owner;
+    event.request_index = flow.requests;
+    event.forwarded = flow.forwarded;
+    event._pad2 = [0; 5];
     entry.submit(0);
 }

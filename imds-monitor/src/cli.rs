@@ -68,6 +68,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH")]
     pub cgroup: Option<PathBuf>,
 
+    /// How often to write `imds-summary` (per-workload counts since the last one)
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_interval)]
+    pub summary_interval: std::time::Duration,
+
     /// Rotate the output file when it grows past this many MiB
     #[arg(long, value_name = "MIB", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
     pub rotate_mib: u64,
@@ -84,6 +88,14 @@ pub struct RunArgs {
     /// How to attach to TC: tcx (kernel >= 6.6), netlink (clsact), or auto
     #[arg(long, value_enum, default_value_t = crate::kernel::AttachMode::Auto, hide = true)]
     pub attach: crate::kernel::AttachMode,
+}
+
+fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e} (e.g. 30s, 5m, 1h)"))?;
+    if d < std::time::Duration::from_secs(1) {
+        return Err(format!("`{s}` is shorter than 1s"));
+    }
+    Ok(d)
 }
 
 impl RunArgs {

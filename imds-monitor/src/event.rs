@@ -7,7 +7,10 @@ use std::{
 
 use imds_monitor_common::{
     class::{InvalidReason, RequestClass},
-    event::{AF_INET, ExecEvent, RequestEvent, TaskEvent, attribution, exec_flag, kind},
+    event::{
+        AF_INET, ExecEvent, Owner, RequestEvent, ResponseEvent, TaskEvent, attribution, exec_flag,
+        kind,
+    },
     http::{METHOD_CAP, PATH_CAP, flag},
 };
 
@@ -20,6 +23,7 @@ use crate::{
 #[derive(Clone, Debug, PartialEq)]
 pub enum Record {
     Request(Box<Request>),
+    Response(Response),
     Exec(Exec),
     Fork { parent: u32, child: u32 },
     Exit { tgid: u32 },
@@ -56,6 +60,51 @@ pub struct Request {
     pub ifindex: u32,
     pub socket_cookie: u64,
     pub owner: Option<KernelOwner>,
+    /// Position on its connection; the response with the same index answers it.
+    pub request_index: u16,
+    /// Forwarded through this host (a container), not sent by a local socket.
+    pub forwarded: bool,
+}
+
+/// A response's status line, as it arrived at the host.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Response {
+    pub time: SystemTime,
+    pub status: u16,
+    /// IP TTL / hop limit on arrival, before any forwarding to a container.
+    pub ttl: u8,
+    pub forwarded: bool,
+    pub request_index: u16,
+    /// The client and the endpoint, as in the request.
+    pub source: SocketAddr,
+    pub destination: SocketAddr,
+    pub ifindex: u32,
+    pub owner: Option<KernelOwner>,
+}
+
+fn ip_of(family: u8, a: [u8; 16]) -> IpAddr {
+    if family == AF_INET {
+        IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(a))
+    }
+}
+
+fn owner_of(how: u8, owner: &Owner) -> Option<KernelOwner> {
+    let method = match how {
+        attribution::SOCKET => "socket",
+        attribution::SEQUENCE => "sequence",
+        _ => return None,
+    };
+    Some(KernelOwner {
+        tgid: owner.tgid,
+        tid: owner.pid,
+        uid: owner.uid,
+        gid: owner.gid,
+        cgroup_id: owner.cgroup_id,
+        comm: c_string(&owner.comm),
+        method,
+    })
 }
 
 /// A NUL-terminated byte buffer as text.
@@ -74,6 +123,20 @@ fn read_record<T: Copy>(bytes: &[u8]) -> Option<T> {
 pub fn decode(bytes: &[u8], clock: &BootClock) -> Option<Record> {
     match *bytes.first()? {
         kind::REQUEST => decode_request(bytes, clock).map(|r| Record::Request(Box::new(r))),
+        kind::RESPONSE => {
+            let raw: ResponseEvent = read_record(bytes)?;
+            Some(Record::Response(Response {
+                time: clock.wall_time(raw.boot_ns),
+                status: raw.status,
+                ttl: raw.ttl,
+                forwarded: raw.forwarded != 0,
+                request_index: raw.request_index,
+                source: SocketAddr::new(ip_of(raw.family, raw.saddr), raw.sport),
+                destination: SocketAddr::new(ip_of(raw.family, raw.daddr), raw.dport),
+                ifindex: raw.ifindex,
+                owner: owner_of(raw.attribution, &raw.owner),
+            }))
+        }
         kind::EXEC => {
             let raw: ExecEvent = read_record(bytes)?;
             let args_len = (raw.args_len as usize).min(raw.args.len());
@@ -108,13 +171,7 @@ fn decode_request(bytes: &[u8], clock: &BootClock) -> Option<Request> {
     let class = RequestClass::from_u8(raw.class)?;
     let method_len = (raw.method_len as usize).min(METHOD_CAP);
     let path_len = (raw.path_len as usize).min(PATH_CAP);
-    let ip = |a: [u8; 16]| -> IpAddr {
-        if raw.family == AF_INET {
-            IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]))
-        } else {
-            IpAddr::V6(Ipv6Addr::from(a))
-        }
-    };
+    let ip = |a: [u8; 16]| ip_of(raw.family, a);
     Some(Request {
         time: clock.wall_time(raw.boot_ns),
         class,
@@ -130,22 +187,9 @@ fn decode_request(bytes: &[u8], clock: &BootClock) -> Option<Request> {
         destination: SocketAddr::new(ip(raw.daddr), raw.dport),
         ifindex: raw.ifindex,
         socket_cookie: raw.socket_cookie,
-        owner: match raw.attribution {
-            attribution::SOCKET | attribution::SEQUENCE => Some(KernelOwner {
-                tgid: raw.owner.tgid,
-                tid: raw.owner.pid,
-                uid: raw.owner.uid,
-                gid: raw.owner.gid,
-                cgroup_id: raw.owner.cgroup_id,
-                comm: c_string(&raw.owner.comm),
-                method: if raw.attribution == attribution::SOCKET {
-                    "socket"
-                } else {
-                    "sequence"
-                },
-            }),
-            _ => None,
-        },
+        owner: owner_of(raw.attribution, &raw.owner),
+        request_index: raw.request_index,
+        forwarded: raw.forwarded != 0,
     })
 }
 

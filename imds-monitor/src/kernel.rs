@@ -25,6 +25,8 @@ const OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/imd
 const CLASSIFIER: &str = "imds_classify";
 /// An empty TC program, attached only for benchmarks (`--baseline-passthrough`).
 const PASSTHROUGH: &str = "imds_passthrough";
+/// Reads responses on the way in (status codes, token response TTL).
+const RESPONSES: &str = "imds_responses";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum AttachMode {
@@ -86,7 +88,7 @@ impl Kernel {
             .override_global("WATCHED_CGROUP_LEVEL", &cgroup_level, true)
             .load(OBJECT)
             .map_err(explain_load_error)?;
-        for name in [CLASSIFIER, PASSTHROUGH] {
+        for name in [CLASSIFIER, PASSTHROUGH, RESPONSES] {
             let tc: &mut SchedClassifier = program(&mut ebpf, name)?.try_into()?;
             tc.load().map_err(|e| explain_load_error(e.into()))?;
         }
@@ -139,15 +141,27 @@ impl Kernel {
     /// Attaches the classifier to egress of `iface`: every request leaving the
     /// host, from host processes and forwarded from containers, passes there.
     pub fn attach_egress(&mut self, iface: &str, mode: AttachMode) -> Result<()> {
-        self.attach(CLASSIFIER, iface, mode)
+        self.attach(CLASSIFIER, TcAttachType::Egress, iface, mode)
+    }
+
+    /// Attaches the response reader to ingress of `iface`, where IMDS's
+    /// answers arrive before they are delivered or forwarded.
+    pub fn attach_ingress(&mut self, iface: &str, mode: AttachMode) -> Result<()> {
+        self.attach(RESPONSES, TcAttachType::Ingress, iface, mode)
     }
 
     /// Attaches the empty program to egress of `iface` (benchmark baseline).
     pub fn attach_passthrough(&mut self, iface: &str, mode: AttachMode) -> Result<()> {
-        self.attach(PASSTHROUGH, iface, mode)
+        self.attach(PASSTHROUGH, TcAttachType::Egress, iface, mode)
     }
 
-    fn attach(&mut self, name: &'static str, iface: &str, mode: AttachMode) -> Result<()> {
+    fn attach(
+        &mut self,
+        name: &'static str,
+        direction: TcAttachType,
+        iface: &str,
+        mode: AttachMode,
+    ) -> Result<()> {
         let tcx = match mode {
             // TCX exists from 6.6 on, the same rule aya's `attach` uses.
             AttachMode::Auto => {
@@ -159,7 +173,7 @@ impl Kernel {
         let mut added_clsact = false;
         if !tcx {
             // Filters of a daemon killed with SIGKILL outlive it: remove them first.
-            if tc::qdisc_detach_program(iface, TcAttachType::Egress, name).is_ok() {
+            if tc::qdisc_detach_program(iface, direction, name).is_ok() {
                 log::warn!("removed a stale {name} filter from {iface}");
             }
             match tc::qdisc_add_clsact(iface) {
@@ -177,8 +191,8 @@ impl Kernel {
             TcAttachOptions::Netlink(NlOptions::default())
         };
         let link = program
-            .attach_with_options(iface, TcAttachType::Egress, options)
-            .with_context(|| format!("attaching to egress of {iface}"))?;
+            .attach_with_options(iface, direction, options)
+            .with_context(|| format!("attaching {name} to {iface} ({direction:?})"))?;
         self.method = if tcx { "tcx" } else { "netlink" };
         self.attachments.push(Attachment::Tc {
             program: name,

@@ -8,6 +8,7 @@ mod cgroups;
 mod check;
 mod cli;
 mod clock;
+mod diagnose;
 mod endpoints;
 mod enrich;
 mod event;

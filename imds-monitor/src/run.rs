@@ -1,6 +1,6 @@
 //! `imds-monitor run`: attach, stream events until SIGINT/SIGTERM, detach.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf};
@@ -13,9 +13,10 @@ use crate::{
     cgroups::{self, CgroupPaths},
     cli::RunArgs,
     clock::BootClock,
+    diagnose::Diagnoser,
     endpoints,
     enrich::Enricher,
-    event::{self, Record},
+    event::{self, Record, Response},
     interfaces::{self, NameCache},
     kernel::{Kernel, LoadOptions},
     output::{
@@ -69,6 +70,7 @@ async fn run_until_signal(args: RunArgs) -> Result<()> {
             kernel.attach_passthrough(iface, args.attach)?;
         }
         kernel.attach_egress(iface, args.attach)?;
+        kernel.attach_ingress(iface, args.attach)?;
     }
     // SAFETY: the ring buffer owns its fd and keeps it open while AsyncFd owns it.
     let mut events =
@@ -103,10 +105,15 @@ async fn run_until_signal(args: RunArgs) -> Result<()> {
     let mut writer = EventWriter {
         names: NameCache::default(),
         enricher: Enricher::new(processes, CgroupPaths::new(cgroup_root)),
+        diagnoser: Diagnoser::default(),
         batch: Vec::new(),
         written: 0,
     };
     let mut sweep = tokio::time::interval(Duration::from_secs(30));
+    let mut summary = tokio::time::interval_at(
+        tokio::time::Instant::now() + args.summary_interval,
+        args.summary_interval,
+    );
     let mut lost_reported = 0;
     let mut lost_check = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -123,6 +130,10 @@ async fn run_until_signal(args: RunArgs) -> Result<()> {
                 Err(e) => log::warn!("SIGHUP: kept the current output: {e:#}"),
             },
             _ = sweep.tick() => writer.enricher.processes.sweep(),
+            _ = summary.tick() => {
+                let counts = writer.diagnoser.take_summary();
+                sink.write_value(&ecs::summary(args.summary_interval, &counts, &info))?;
+            }
             _ = lost_check.tick() => {
                 let lost = stats::read(&stats_map)?.lost_events;
                 if lost > lost_reported {
@@ -152,7 +163,9 @@ async fn run_until_signal(args: RunArgs) -> Result<()> {
 struct EventWriter {
     names: NameCache,
     enricher: Enricher,
+    diagnoser: Diagnoser,
     batch: Vec<u8>,
+    /// `imds-request` lines written (monitor-stopped's `events_written`).
     written: u64,
 }
 
@@ -176,6 +189,10 @@ impl EventWriter {
             drop(record);
             let request = match decoded {
                 Some(Record::Request(request)) => request,
+                Some(Record::Response(response)) => {
+                    self.on_response(&response, info)?;
+                    continue;
+                }
                 Some(Record::Exec(exec)) => {
                     self.enricher.processes.on_exec(exec);
                     continue;
@@ -195,14 +212,34 @@ impl EventWriter {
             };
             let sender = self.enricher.sender(&request);
             let interface = self.names.name(request.ifindex).to_owned();
-            serde_json::to_writer(
-                &mut self.batch,
-                &ecs::request(&request, &sender, &interface, info),
-            )?;
-            self.batch.push(b'\n');
+            self.push(&ecs::request(&request, &sender, &interface, info))?;
             self.written += 1;
+            for finding in self.diagnoser.on_request(&request, &sender, Instant::now()) {
+                self.push(&ecs::finding(&finding, &interface, info))?;
+            }
         }
         sink.write_batch(&self.batch).context("writing events")?;
         Ok(handled)
+    }
+
+    fn push(&mut self, doc: &serde_json::Value) -> Result<()> {
+        serde_json::to_writer(&mut self.batch, doc)?;
+        self.batch.push(b'\n');
+        Ok(())
+    }
+
+    /// A response: `imds-response` (joined to its request) and any findings.
+    fn on_response(&mut self, response: &Response, info: &RunInfo) -> Result<()> {
+        let (joined, findings) = self.diagnoser.on_response(response);
+        let Some((request, sender)) = joined else {
+            // Its request was not seen (or is long gone): nothing to join.
+            return Ok(());
+        };
+        let interface = self.names.name(response.ifindex).to_owned();
+        self.push(&ecs::response(response, &request, &sender, &interface, info))?;
+        for finding in findings {
+            self.push(&ecs::finding(&finding, &interface, info))?;
+        }
+        Ok(())
     }
 }

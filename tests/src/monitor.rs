@@ -103,7 +103,7 @@ impl Monitor {
         let mut cmd = sandbox.command(place, imds_monitor_bin()?)?;
         cmd.arg("run")
             .args(args)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", std::env::var("IMDS_MONITOR_LOG").unwrap_or_else(|_| "info".into()))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

@@ -7,9 +7,12 @@ use std::{net::SocketAddr, time::SystemTime};
 
 use serde_json::{Map, Value, json};
 
+use std::collections::BTreeMap;
+
 use crate::{
+    diagnose::{Finding, WorkloadCounts, WorkloadKey},
     enrich::Sender,
-    event::{PathCategory, Request},
+    event::{PathCategory, Request, Response},
     policy::Mode,
     processes::ProcessInfo,
     stats::KernelStats,
@@ -195,11 +198,18 @@ pub fn request(req: &Request, sender: &Sender, interface: &str, info: &RunInfo) 
     add_sender(&mut doc, &mut imds, sender);
     doc.insert("imds".into(), imds.into());
 
+    add_connection(&mut doc, req);
+    doc.insert(
+        "observer".into(),
+        json!({ "egress": { "interface": { "name": interface, "id": req.ifindex.to_string() } } }),
+    );
+    doc.into()
+}
+
+/// `http.request.method`, `url.path`, `source`, `destination`, `network`.
+fn add_connection(doc: &mut Map<String, Value>, req: &Request) {
     if !req.method.is_empty() {
-        doc.insert(
-            "http".into(),
-            json!({ "request": { "method": req.method } }),
-        );
+        doc.insert("http".into(), json!({ "request": { "method": req.method } }));
     }
     if !req.path.is_empty() {
         doc.insert("url".into(), json!({ "path": req.path }));
@@ -221,9 +231,115 @@ pub fn request(req: &Request, sender: &Sender, interface: &str, info: &RunInfo) 
             "direction": "egress",
         }),
     );
+}
+
+fn outcome(status: u16) -> &'static str {
+    match status {
+        200..=399 => "success",
+        400..=599 => "failure",
+        _ => "unknown",
+    }
+}
+
+fn set_outcome(doc: &mut Map<String, Value>, outcome: &str) {
+    doc["event"]
+        .as_object_mut()
+        .expect("event is an object")
+        .insert("outcome".into(), outcome.into());
+}
+
+fn set_status(doc: &mut Map<String, Value>, status: u16) {
+    let http = doc
+        .entry("http")
+        .or_insert_with(|| json!({}))
+        .as_object_mut()
+        .expect("http is an object");
+    http.insert("response".into(), json!({ "status_code": status }));
+    set_outcome(doc, outcome(status));
+}
+
+/// `event.action: "imds-response"`: how IMDS answered a request (joined by
+/// connection and position; the request's own event came first).
+pub fn response(
+    resp: &Response,
+    req: &Request,
+    sender: &Sender,
+    interface: &str,
+    info: &RunInfo,
+) -> Value {
+    let mut doc = base(resp.time, "imds-response", "event", info);
+    let mut imds = Map::new();
+    imds.insert("class".into(), req.class.as_str().into());
+    imds.insert("version".into(), req.class.version().into());
+    imds.insert("path_category".into(), PathCategory::of(&req.path).as_str().into());
+    imds.insert("response_ttl".into(), resp.ttl.into());
+    imds.insert("interface".into(), interface.into());
+    add_sender(&mut doc, &mut imds, sender);
+    doc.insert("imds".into(), imds.into());
+    add_connection(&mut doc, req);
+    set_status(&mut doc, resp.status);
+    doc.into()
+}
+
+/// A diagnosis (`imds-v1-rejected`, `imds-hop-limit`, ...): an alert saying
+/// who, what happened, and the fix.
+pub fn finding(f: &Finding, interface: &str, info: &RunInfo) -> Value {
+    let mut doc = base(f.time, f.action, "alert", info);
+    doc.insert("message".into(), f.message.clone().into());
+    let mut imds = Map::new();
+    imds.insert("class".into(), f.request.class.as_str().into());
+    imds.insert("path_category".into(), PathCategory::of(&f.request.path).as_str().into());
+    imds.insert(
+        "diagnostic".into(),
+        json!({ "id": f.action.trim_start_matches("imds-").replace('-', "_"), "fix": f.fix }),
+    );
+    if let Some((observed, needed)) = f.hop_limit {
+        imds.insert("hop_limit".into(), json!({ "observed_ttl": observed, "needed": needed }));
+    }
+    if let Some(delay) = f.fallback_delay_ms {
+        imds.insert("fallback".into(), json!({ "delay_ms": delay }));
+    }
+    imds.insert("interface".into(), interface.into());
+    add_sender(&mut doc, &mut imds, &f.sender);
+    doc.insert("imds".into(), imds.into());
+    add_connection(&mut doc, &f.request);
+    match f.status {
+        Some(status) => set_status(&mut doc, status),
+        None => set_outcome(&mut doc, "unknown"),
+    }
+    doc.into()
+}
+
+/// `event.action: "imds-summary"`: per-workload counts since the last one.
+pub fn summary(
+    interval: std::time::Duration,
+    counts: &BTreeMap<WorkloadKey, WorkloadCounts>,
+    info: &RunInfo,
+) -> Value {
+    let mut doc = base(SystemTime::now(), "imds-summary", "event", info);
+    let workloads: Vec<Value> = counts
+        .iter()
+        .map(|((kind, id), c)| {
+            let mut w = Map::new();
+            w.insert("kind".into(), kind.clone().into());
+            w.insert("id".into(), id.clone().into());
+            w.insert("v1".into(), c.v1.into());
+            w.insert("v2".into(), c.v2.into());
+            w.insert("invalid".into(), c.invalid.into());
+            w.insert("other_cloud".into(), c.other_cloud.into());
+            w.insert("rejected_401".into(), c.rejected_401.into());
+            if let Some(t) = c.first_v1 {
+                w.insert("first_v1".into(), timestamp(t).into());
+            }
+            if let Some(t) = c.last_v1 {
+                w.insert("last_v1".into(), timestamp(t).into());
+            }
+            w.into()
+        })
+        .collect();
     doc.insert(
-        "observer".into(),
-        json!({ "egress": { "interface": { "name": interface, "id": req.ifindex.to_string() } } }),
+        "imds".into(),
+        json!({ "summary": { "interval_seconds": interval.as_secs(), "workloads": workloads } }),
     );
     doc.into()
 }
@@ -320,6 +436,8 @@ mod tests {
             ifindex: 2,
             socket_cookie: 0,
             owner: None,
+            request_index: 0,
+            forwarded: false,
         }
     }
 
