@@ -96,13 +96,15 @@ pub fn subtree(root: &Path, requested: Option<&Path>) -> Result<Subtree> {
     })
 }
 
-/// Cgroup id to path, by walking the hierarchy; a miss walks again (new
-/// containers appear all the time), at most once a second.
+/// Cgroup id to path, by walking the hierarchy. An unknown id walks again
+/// (new containers and services appear all the time); an id that a walk did
+/// not find is not looked for again for a second, so a removed cgroup costs
+/// one walk a second at most.
 #[derive(Debug)]
 pub struct CgroupPaths {
     root: PathBuf,
     by_id: HashMap<u64, String>,
-    last_walk: Option<Instant>,
+    missing: HashMap<u64, Instant>,
 }
 
 impl CgroupPaths {
@@ -110,7 +112,7 @@ impl CgroupPaths {
         Self {
             root,
             by_id: HashMap::new(),
-            last_walk: None,
+            missing: HashMap::new(),
         }
     }
 
@@ -118,18 +120,28 @@ impl CgroupPaths {
         if let Some(p) = self.by_id.get(&id) {
             return Some(p.clone());
         }
-        if self
-            .last_walk
-            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
-        {
+        let recently_missed = self
+            .missing
+            .get(&id)
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1));
+        if recently_missed {
             return None;
         }
         self.walk();
-        self.by_id.get(&id).cloned()
+        let found = self.by_id.get(&id).cloned();
+        if found.is_none() {
+            log::debug!(
+                "cgroup id {id} not found among {} cgroups",
+                self.by_id.len()
+            );
+            self.missing
+                .retain(|_, t| t.elapsed() < Duration::from_secs(1));
+            self.missing.insert(id, Instant::now());
+        }
+        found
     }
 
     fn walk(&mut self) {
-        self.last_walk = Some(Instant::now());
         self.by_id.clear();
         let mut stack = vec![self.root.clone()];
         while let Some(dir) = stack.pop() {
@@ -203,6 +215,18 @@ mod tests {
             .unwrap()
             .ino();
         assert_eq!(paths.path(id).as_deref(), Some("/system.slice/x.service"));
+        // A cgroup made right after a walk is found on its first lookup.
+        fs::create_dir_all(root.join("system.slice/new.service")).unwrap();
+        let new = fs::metadata(root.join("system.slice/new.service"))
+            .unwrap()
+            .ino();
+        assert_eq!(
+            paths.path(new).as_deref(),
+            Some("/system.slice/new.service")
+        );
+        // One that is gone is looked for at most once a second.
+        assert_eq!(paths.path(u64::MAX), None);
+        assert!(paths.missing.contains_key(&u64::MAX));
         fs::remove_dir_all(&root).unwrap();
     }
 }

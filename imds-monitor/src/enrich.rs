@@ -75,6 +75,11 @@ impl Enricher {
             };
         };
         let cgroup_path = self.cgroups.path(owner.cgroup_id);
+        log::debug!(
+            "owner {} cgroup {} -> {cgroup_path:?}",
+            owner.tgid,
+            owner.cgroup_id
+        );
         let workload = cgroup_path
             .as_deref()
             .map(Workload::from_cgroup_path)
