@@ -73,7 +73,7 @@ impl ResponseReader {
                 // "HTTP/1.1 ": any token up to the first space.
                 if b == b' ' && self.line_pos > 0 {
                     self.phase = phase::STATUS;
-                } else if b == b'\r' || b == b'\n' || b < 0x20 || b > 0x7e || self.line_pos > 16 {
+                } else if !(0x20..=0x7e).contains(&b) || self.line_pos > 16 {
                     self.phase = phase::LOST;
                     return ResponseStep::Lost;
                 }
