@@ -100,10 +100,25 @@ impl Monitor {
     }
 
     pub fn start_at(sandbox: &Sandbox, place: &Place, args: &[&str]) -> Result<Self> {
+        let monitor = Self::spawn(sandbox, place, args)?;
+        monitor
+            .wait_for(Duration::from_secs(20), |events| {
+                events.iter().any(|e| action(e) == "monitor-started")
+            })
+            .map_err(|e| anyhow!("{e}\nstderr:\n{}", monitor.stderr()))?;
+        Ok(monitor)
+    }
+
+    /// Starts the daemon without waiting for anything (for `--output FILE`,
+    /// where stdout stays empty).
+    pub fn spawn(sandbox: &Sandbox, place: &Place, args: &[&str]) -> Result<Self> {
         let mut cmd = sandbox.command(place, imds_monitor_bin()?)?;
         cmd.arg("run")
             .args(args)
-            .env("RUST_LOG", std::env::var("IMDS_MONITOR_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("IMDS_MONITOR_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -141,17 +156,11 @@ impl Monitor {
                     .push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         });
-        let monitor = Self {
+        Ok(Self {
             child,
             output,
             stderr,
-        };
-        monitor
-            .wait_for(Duration::from_secs(20), |events| {
-                events.iter().any(|e| action(e) == "monitor-started")
-            })
-            .map_err(|e| anyhow!("{e}\nstderr:\n{}", monitor.stderr()))?;
-        Ok(monitor)
+        })
     }
 
     pub fn pid(&self) -> u32 {
@@ -259,6 +268,12 @@ impl Monitor {
             garbage: out.garbage.clone(),
             stderr: self.stderr(),
         })
+    }
+
+    /// SIGKILL, as an OOM killer or `kill -9` would: no cleanup runs.
+    pub fn kill(mut self) -> Result<ExitStatus> {
+        self.child.kill()?;
+        Ok(self.child.wait()?)
     }
 
     pub fn stop(self) -> Result<Stopped> {
