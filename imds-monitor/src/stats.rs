@@ -10,6 +10,8 @@ pub struct KernelStats {
     pub retransmits: u64,
     pub sequence_gaps: u64,
     pub truncated_packets: u64,
+    pub responses: u64,
+    pub responses_lost: u64,
     pub requests: [u64; RequestClass::COUNT],
 }
 
@@ -23,6 +25,8 @@ pub fn read(map: &PerCpuArray<MapData, u64>) -> Result<KernelStats> {
         retransmits: sum(stat::RETRANSMITS)?,
         sequence_gaps: sum(stat::SEQUENCE_GAPS)?,
         truncated_packets: sum(stat::TRUNCATED_PACKETS)?,
+        responses: sum(stat::RESPONSES)?,
+        responses_lost: sum(stat::RESPONSES_LOST)?,
         ..KernelStats::default()
     };
     for class in RequestClass::ALL {

@@ -209,7 +209,10 @@ pub fn request(req: &Request, sender: &Sender, interface: &str, info: &RunInfo) 
 /// `http.request.method`, `url.path`, `source`, `destination`, `network`.
 fn add_connection(doc: &mut Map<String, Value>, req: &Request) {
     if !req.method.is_empty() {
-        doc.insert("http".into(), json!({ "request": { "method": req.method } }));
+        doc.insert(
+            "http".into(),
+            json!({ "request": { "method": req.method } }),
+        );
     }
     if !req.path.is_empty() {
         doc.insert("url".into(), json!({ "path": req.path }));
@@ -271,7 +274,10 @@ pub fn response(
     let mut imds = Map::new();
     imds.insert("class".into(), req.class.as_str().into());
     imds.insert("version".into(), req.class.version().into());
-    imds.insert("path_category".into(), PathCategory::of(&req.path).as_str().into());
+    imds.insert(
+        "path_category".into(),
+        PathCategory::of(&req.path).as_str().into(),
+    );
     imds.insert("response_ttl".into(), resp.ttl.into());
     imds.insert("interface".into(), interface.into());
     add_sender(&mut doc, &mut imds, sender);
@@ -288,13 +294,19 @@ pub fn finding(f: &Finding, interface: &str, info: &RunInfo) -> Value {
     doc.insert("message".into(), f.message.clone().into());
     let mut imds = Map::new();
     imds.insert("class".into(), f.request.class.as_str().into());
-    imds.insert("path_category".into(), PathCategory::of(&f.request.path).as_str().into());
+    imds.insert(
+        "path_category".into(),
+        PathCategory::of(&f.request.path).as_str().into(),
+    );
     imds.insert(
         "diagnostic".into(),
         json!({ "id": f.action.trim_start_matches("imds-").replace('-', "_"), "fix": f.fix }),
     );
     if let Some((observed, needed)) = f.hop_limit {
-        imds.insert("hop_limit".into(), json!({ "observed_ttl": observed, "needed": needed }));
+        imds.insert(
+            "hop_limit".into(),
+            json!({ "observed_ttl": observed, "needed": needed }),
+        );
     }
     if let Some(delay) = f.fallback_delay_ms {
         imds.insert("fallback".into(), json!({ "delay_ms": delay }));
@@ -384,6 +396,8 @@ pub fn stopped(info: &RunInfo, stats: &KernelStats, printed: u64, partial: u64) 
                 "retransmitted_segments": stats.retransmits,
                 "sequence_gaps": stats.sequence_gaps,
                 "truncated_packets": stats.truncated_packets,
+                "responses": stats.responses,
+                "responses_not_followed": stats.responses_lost,
             },
         }),
     );
