@@ -92,7 +92,11 @@ pub struct Diagnoser {
     summary: BTreeMap<WorkloadKey, WorkloadCounts>,
 }
 
-fn key_of(source: SocketAddr, destination: SocketAddr, index: u16) -> (SocketAddr, SocketAddr, u16) {
+fn key_of(
+    source: SocketAddr,
+    destination: SocketAddr,
+    index: u16,
+) -> (SocketAddr, SocketAddr, u16) {
     (source, destination, index)
 }
 
@@ -226,12 +230,21 @@ impl Diagnoser {
     }
 
     /// The request a response answers (if still known), and the findings.
-    pub fn on_response(&mut self, response: &Response) -> (Option<(Request, Sender)>, Vec<Finding>) {
-        let key = key_of(response.source, response.destination, response.request_index);
+    pub fn on_response(
+        &mut self,
+        response: &Response,
+    ) -> (Option<(Request, Sender)>, Vec<Finding>) {
+        let key = key_of(
+            response.source,
+            response.destination,
+            response.request_index,
+        );
         let Some(pending) = self.pending.remove(&key) else {
             return (None, Vec::new());
         };
-        let Pending { request, sender, .. } = pending;
+        let Pending {
+            request, sender, ..
+        } = pending;
         let mut findings = Vec::new();
         let who = describe(&sender, &request);
         let mut finding = |action, message: String, fix: &str| {
@@ -288,7 +301,10 @@ impl Diagnoser {
     }
 
     fn count(&mut self, request: &Request, sender: &Sender) {
-        let counts = self.summary.entry(workload_key(request, sender)).or_default();
+        let counts = self
+            .summary
+            .entry(workload_key(request, sender))
+            .or_default();
         match request.class {
             RequestClass::V1Get => {
                 counts.v1 += 1;

@@ -236,7 +236,9 @@ impl EventWriter {
             return Ok(());
         };
         let interface = self.names.name(response.ifindex).to_owned();
-        self.push(&ecs::response(response, &request, &sender, &interface, info))?;
+        self.push(&ecs::response(
+            response, &request, &sender, &interface, info,
+        ))?;
         for finding in findings {
             self.push(&ecs::finding(&finding, &interface, info))?;
         }

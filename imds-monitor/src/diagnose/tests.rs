@@ -16,7 +16,11 @@ fn sender(pid: u32) -> Sender {
             comm: "sdk".into(),
             method: "sequence",
         }),
-        process: Some(ProcessInfo { pid, name: "sdk".into(), ..ProcessInfo::default() }),
+        process: Some(ProcessInfo {
+            pid,
+            name: "sdk".into(),
+            ..ProcessInfo::default()
+        }),
         workload: Workload::from_cgroup_path(&format!("/system.slice/docker-{CONTAINER}.scope")),
         ..Sender::default()
     }
@@ -27,7 +31,12 @@ fn request(class: RequestClass, path: &str, port: u16, index: u16, ms: u64) -> R
         time: UNIX_EPOCH + Duration::from_millis(1_000_000 + ms),
         class,
         reason: InvalidReason::None,
-        method: if class == RequestClass::V2TokenPut { "PUT" } else { "GET" }.into(),
+        method: if class == RequestClass::V2TokenPut {
+            "PUT"
+        } else {
+            "GET"
+        }
+        .into(),
         path: path.into(),
         path_truncated: false,
         flags: 0,
@@ -72,13 +81,30 @@ fn hop_limit_then_fallback_in_the_same_process() {
     assert_eq!(actions(&findings), ["imds-hop-limit"]);
     assert_eq!(findings[0].hop_limit, Some((1, 2)));
     assert!(findings[0].fix.contains("--http-put-response-hop-limit 2"));
-    assert!(findings[0].message.contains("container 4f9c1a2b3c4d"), "{}", findings[0].message);
+    assert!(
+        findings[0].message.contains("container 4f9c1a2b3c4d"),
+        "{}",
+        findings[0].message
+    );
     // One second later the SDK falls back to v1 (for the credentials).
-    let v1 = request(RequestClass::V1Get, "/latest/meta-data/iam/security-credentials/r", 40002, 0, 1000);
+    let v1 = request(
+        RequestClass::V1Get,
+        "/latest/meta-data/iam/security-credentials/r",
+        40002,
+        0,
+        1000,
+    );
     let findings = d.on_request(&v1, &s, now);
-    assert_eq!(actions(&findings), ["imds-credentials-v1", "imds-v1-fallback"]);
+    assert_eq!(
+        actions(&findings),
+        ["imds-credentials-v1", "imds-v1-fallback"]
+    );
     assert_eq!(findings[1].fallback_delay_ms, Some(1000));
-    assert!(findings[1].fix.starts_with("aws ec2 modify-instance-metadata-options"));
+    assert!(
+        findings[1]
+            .fix
+            .starts_with("aws ec2 modify-instance-metadata-options")
+    );
 }
 
 fn plain_process(pid: u32) -> Sender {
@@ -113,14 +139,23 @@ fn another_process_of_the_same_container_falling_back_counts() {
     let put = request(RequestClass::V2TokenPut, "/latest/api/token", 40000, 0, 0);
     d.on_request(&put, &sender(10), now);
     let v1 = request(RequestClass::V1Get, "/latest/meta-data/", 40001, 0, 1200);
-    assert_eq!(actions(&d.on_request(&v1, &sender(11), now)), ["imds-v1-fallback"]);
+    assert_eq!(
+        actions(&d.on_request(&v1, &sender(11), now)),
+        ["imds-v1-fallback"]
+    );
 }
 
 #[test]
 fn v1_answered_401_is_broken_now_and_counted() {
     let mut d = Diagnoser::default();
     let s = sender(10);
-    let v1 = request(RequestClass::V1Get, "/latest/meta-data/instance-id", 40000, 0, 0);
+    let v1 = request(
+        RequestClass::V1Get,
+        "/latest/meta-data/instance-id",
+        40000,
+        0,
+        0,
+    );
     d.on_request(&v1, &s, Instant::now());
     let (_, findings) = d.on_response(&response(&v1, 401, 64));
     assert_eq!(actions(&findings), ["imds-v1-rejected"]);
@@ -129,7 +164,10 @@ fn v1_answered_401_is_broken_now_and_counted() {
     let summary = d.take_summary();
     let counts = &summary[&("container".to_owned(), CONTAINER.to_owned())];
     assert_eq!((counts.v1, counts.rejected_401), (1, 1));
-    assert!(d.take_summary().is_empty(), "counts restart after each summary");
+    assert!(
+        d.take_summary().is_empty(),
+        "counts restart after each summary"
+    );
 }
 
 #[test]
@@ -154,7 +192,10 @@ fn responses_join_by_connection_and_position() {
     assert_eq!(joined.unwrap().0.path, "/b");
     let (joined, _) = d.on_response(&response(&first, 200, 64));
     assert_eq!(joined.unwrap().0.path, "/a");
-    assert!(d.on_response(&response(&first, 200, 64)).0.is_none(), "once");
+    assert!(
+        d.on_response(&response(&first, 200, 64)).0.is_none(),
+        "once"
+    );
 }
 
 #[test]

@@ -1,0 +1,144 @@
+//! `imds-monitor check` on this machine (root, a 6.x kernel with BTF and
+//! cgroup v2): it passes, in both formats, with the documented JSON shape.
+//! It reads files and makes a bpf() probe; it attaches nothing and sends no
+//! packet.
+
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn check(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_imds-monitor"))
+        .arg("check")
+        .args(args)
+        .output()
+        .expect("run imds-monitor check")
+}
+
+fn describe(out: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+const CHECKS: [&str; 13] = [
+    "kernel",
+    "btf",
+    "privileges",
+    "bpf-syscall",
+    "unprivileged-bpf",
+    "lockdown",
+    "cgroup2",
+    "bpffs",
+    "tracefs",
+    "programs",
+    "interface",
+    "containers",
+    "kprobes",
+];
+
+#[test]
+fn json_lists_every_check_and_this_host_passes() {
+    let out = check(&["--format", "json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "check must pass on a root 6.x host with BTF and cgroup v2:\n{}",
+        describe(&out)
+    );
+    let json: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", describe(&out)));
+    let items = json.as_array().expect("a JSON array");
+    let names: Vec<&str> = items
+        .iter()
+        .map(|item| {
+            let obj = item.as_object().expect("each item is an object");
+            let mut keys: Vec<&str> = obj.keys().map(String::as_str).collect();
+            keys.sort_unstable();
+            assert_eq!(keys, ["check", "detail", "fix", "status"], "{item}");
+            let status = obj["status"].as_str().expect("status is a string");
+            assert!(["ok", "warn", "fail"].contains(&status), "{item}");
+            assert!(
+                obj["detail"].as_str().is_some_and(|d| !d.is_empty()),
+                "{item}"
+            );
+            assert!(obj["fix"].is_null() || obj["fix"].is_string(), "{item}");
+            if status == "fail" {
+                assert!(obj["fix"].is_string(), "a failure names its fix: {item}");
+            }
+            obj["check"].as_str().expect("check is a string")
+        })
+        .collect();
+    assert_eq!(names, CHECKS);
+
+    let status_of = |name: &str| {
+        items
+            .iter()
+            .find(|i| i["check"] == name)
+            .map(|i| i["status"].as_str().unwrap())
+            .unwrap()
+    };
+    for name in ["kernel", "btf", "cgroup2", "kprobes"] {
+        assert_eq!(status_of(name), "ok", "{name}:\n{json:#}");
+    }
+    assert!(!items.iter().any(|i| i["status"] == "fail"), "{json:#}");
+}
+
+#[test]
+fn text_is_one_line_per_check_then_a_verdict() {
+    let out = check(&[]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), CHECKS.len() + 1, "{text}");
+    for (line, name) in lines.iter().zip(CHECKS) {
+        let mut words = line.split_whitespace();
+        let status = words.next().unwrap();
+        assert!(["ok", "warn", "FAIL"].contains(&status), "{line}");
+        assert_eq!(words.next(), Some(name), "{line}");
+    }
+    assert!(
+        lines[CHECKS.len()].contains("`imds-monitor run` can work on this host"),
+        "{text}"
+    );
+    assert!(
+        text.contains("nothing sent"),
+        "routes are read, not probed:\n{text}"
+    );
+}
+
+#[test]
+fn a_missing_interface_fails_and_names_the_ones_here() {
+    let out = check(&["--format", "json", "--iface", "no-such-if0"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let json: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let iface = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["check"] == "interface")
+        .unwrap();
+    assert_eq!(iface["status"], "fail", "{iface}");
+    let fix = iface["fix"].as_str().unwrap();
+    assert!(fix.contains("--iface") && fix.contains("lo"), "{fix}");
+}
+
+#[test]
+fn help_has_examples_and_bad_format_is_rejected() {
+    let help = check(&["--help"]);
+    assert!(help.status.success());
+    let help = String::from_utf8_lossy(&help.stdout);
+    for needle in [
+        "Examples:",
+        "sudo imds-monitor check",
+        "--format",
+        "Exit status",
+    ] {
+        assert!(help.contains(needle), "help lacks {needle:?}:\n{help}");
+    }
+    let bad = check(&["--format", "yaml"]);
+    assert_eq!(bad.status.code(), Some(2), "{}", describe(&bad));
+}
