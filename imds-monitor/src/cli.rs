@@ -39,6 +39,8 @@ pub enum Command {
     Report(crate::report::ReportArgs),
     /// Check that this host can run the monitor, and say how to fix what is missing
     Check(crate::check::CheckArgs),
+    /// Work with enforce-mode policy files (docs/policy.md)
+    Policy(crate::policy::PolicyArgs),
 }
 
 #[derive(Debug, Args)]

@@ -33,9 +33,10 @@ fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let result = match cli.command {
         cli::Command::Run(args) => run::run(args),
-        // These two choose their own exit codes (documented in their --help).
+        // These choose their own exit codes (documented in their --help).
         cli::Command::Report(args) => return report::main(args),
         cli::Command::Check(args) => return check::main(args),
+        cli::Command::Policy(args) => return policy::main(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,4 +1,20 @@
 //! What the daemon does with each class of request, per mode.
+//!
+//! [`Mode`] is the monitor and alert modes' fixed answer. Enforce mode reads
+//! a policy file instead: [`model`] is what a file says, [`parse`] reads and
+//! validates one (docs/policy.md), [`decide`] applies it to a request, and
+//! [`check`] is `imds-monitor policy check`.
+
+pub mod check;
+// Enforce mode, built next, is decide()'s first caller outside the tests.
+#[cfg_attr(not(test), expect(dead_code, reason = "enforce mode calls it"))]
+pub mod decide;
+#[cfg(test)]
+mod file_tests;
+pub mod model;
+pub mod parse;
+
+pub use check::{PolicyArgs, main};
 
 use imds_monitor_common::class::{RequestClass, Verdict};
 

@@ -1,0 +1,94 @@
+//! The one place that says what a policy does with a request: pure, so the
+//! daemon, `policy check` and the tests agree.
+
+use std::fmt;
+
+use imds_monitor_common::class::RequestClass;
+
+use super::model::{Action, Matcher, Origin, Policy};
+
+/// What is known about a request's sender; `None` when attribution could not
+/// tell (a matcher on an unknown fact does not match).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WorkloadFacts<'a> {
+    /// Relative to the cgroup2 mount, as in `imds.cgroup.path`.
+    pub cgroup_path: Option<&'a str>,
+    pub container_id: Option<&'a str>,
+    pub systemd_unit: Option<&'a str>,
+    pub executable: Option<&'a str>,
+}
+
+/// Which rule decided; events carry it as `imds.policy.rule`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RuleName<'p> {
+    /// The class's action was not set in the file.
+    Default,
+    /// `[actions]` set the class's action.
+    Actions(RequestClass),
+    /// This exception matched the sender.
+    Exception(&'p str),
+}
+
+impl fmt::Display for RuleName<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Default => f.write_str("default"),
+            Self::Actions(class) => write!(f, "actions.{}", class.as_str()),
+            Self::Exception(name) => write!(f, "exception:{name}"),
+        }
+    }
+}
+
+/// The action for one request of `class` from the workload `facts` describes.
+///
+/// Exceptions only apply to requests the class actions would alert on or
+/// drop: an allowed request stays allowed, so a legacy agent that has since
+/// moved to IMDSv2 raises nothing. Among exceptions, the first in file order
+/// whose matchers all match wins.
+pub fn decide<'p>(
+    policy: &'p Policy,
+    class: RequestClass,
+    facts: &WorkloadFacts<'_>,
+) -> (Action, RuleName<'p>) {
+    let action = policy.action(class);
+    if action != Action::Allow
+        && let Some(exception) = policy
+            .exceptions
+            .iter()
+            .find(|e| e.matchers.iter().all(|m| m.matches(facts)))
+    {
+        return (exception.action, RuleName::Exception(&exception.name));
+    }
+    let rule = match policy.origin(class) {
+        Origin::Default => RuleName::Default,
+        Origin::File { .. } => RuleName::Actions(class),
+    };
+    (action, rule)
+}
+
+impl Matcher {
+    pub fn matches(&self, facts: &WorkloadFacts<'_>) -> bool {
+        match self {
+            Self::CgroupPrefix(prefix) => facts
+                .cgroup_path
+                .is_some_and(|path| is_path_prefix(prefix, path)),
+            Self::ContainerId(prefix) => facts.container_id.is_some_and(|id| {
+                // Ids come from cgroup names: lower case in practice, but
+                // nothing guarantees it.
+                id.len() >= prefix.len()
+                    && id.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+            }),
+            Self::SystemdUnit(unit) => facts.systemd_unit == Some(unit.as_str()),
+            Self::Executable(exe) => facts.executable == Some(exe.as_str()),
+        }
+    }
+}
+
+/// Whole components only: `/a/b` is a prefix of `/a/b` and `/a/b/c`, not of `/a/bc`.
+fn is_path_prefix(prefix: &str, path: &str) -> bool {
+    let mut path = path.split('/').filter(|c| !c.is_empty());
+    prefix
+        .split('/')
+        .filter(|c| !c.is_empty())
+        .all(|want| path.next() == Some(want))
+}
