@@ -17,12 +17,21 @@ Examples:
   # Also watch the ECS task credentials endpoint, on a chosen interface
   sudo imds-monitor run --iface ens5 --endpoint 169.254.169.254 --endpoint 169.254.170.2:80";
 
+/// The migration workflow, for the top-level help.
+const WORKFLOW: &str = "\
+Workflow:
+  sudo imds-monitor check                 # can this host run it? how to fix what is missing
+  sudo imds-monitor run --mode alert --output /var/log/imds-monitor/events.json
+  imds-monitor report /var/log/imds-monitor/events.json*   # who still uses IMDSv1; safe to require v2?
+
+Events and fields: docs/events.md";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "imds-monitor",
     version,
     about = "Finds, per process and container, what still uses IMDSv1 on an EC2 host",
-    after_help = EXAMPLES
+    after_help = WORKFLOW
 )]
 pub struct Cli {
     #[command(subcommand)]
