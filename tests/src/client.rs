@@ -116,6 +116,12 @@ pub struct ClientOptions {
     pub pipeline: usize,
     /// Connections to make, one after the other.
     pub count: usize,
+    /// Pace the reads at this many requests per second (each connection
+    /// carries `pipeline` of them); `None` sends as fast as responses come.
+    pub rate: Option<u32>,
+    /// Start no connection once this much time has passed since the run
+    /// started, even if fewer than `count` were made.
+    pub duration: Option<Duration>,
     /// Limit for connecting and for each response.
     pub timeout: Duration,
     /// Send header names in lower case, as botocore and the Go and JS SDKs do.
@@ -135,6 +141,8 @@ impl Default for ClientOptions {
             segment_delay: Duration::from_millis(20),
             pipeline: 1,
             count: 1,
+            rate: None,
+            duration: None,
             timeout: Duration::from_secs(5),
             lowercase_headers: false,
         }
@@ -342,13 +350,33 @@ impl Connection {
     }
 }
 
+/// When connection `i` is due after the start, with `rate` set: the
+/// schedule is fixed in advance (open loop), so a late response does not
+/// lower the rate the run asked for.
+fn connection_due(opts: &ClientOptions, i: usize) -> Option<Duration> {
+    let rate = f64::from(opts.rate?.max(1));
+    Some(Duration::from_secs_f64((i * opts.pipeline) as f64 / rate))
+}
+
 /// Runs the client, calling `on_response` for each response as it arrives.
 pub fn run(
     opts: &ClientOptions,
     on_response: &mut dyn FnMut(&Response),
 ) -> Result<(), ClientError> {
     let mut token: Option<String> = None;
-    for _ in 0..opts.count {
+    let start = Instant::now();
+    for i in 0..opts.count {
+        if let Some(due) = connection_due(opts, i) {
+            let due = start + due;
+            if opts.duration.is_some_and(|d| due >= start + d) {
+                break;
+            }
+            // Behind schedule (a slow response): no sleep, catch up.
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        }
+        if opts.duration.is_some_and(|d| start.elapsed() >= d) {
+            break;
+        }
         let mut conn = Connection::open(opts.addr, opts.timeout)?;
         let (bytes, heads) = match &opts.mode {
             Mode::Raw(raw) => (
@@ -424,6 +452,18 @@ mod tests {
             String::from_utf8(build_request(&opts, "PUT", "/latest/api/token", &extra)).unwrap();
         assert!(req.contains("host: [fd00:ec2::254]\r\n"));
         assert!(req.contains("x-aws-ec2-metadata-token-ttl-seconds: 60\r\n"));
+    }
+
+    #[test]
+    fn rate_spreads_connections_evenly() {
+        let opts = ClientOptions {
+            rate: Some(1000),
+            pipeline: 4,
+            ..ClientOptions::default()
+        };
+        assert_eq!(connection_due(&opts, 0), Some(Duration::ZERO));
+        assert_eq!(connection_due(&opts, 250), Some(Duration::from_secs(1)));
+        assert_eq!(connection_due(&ClientOptions::default(), 7), None);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use imds_sandbox::client::{self, ClientOptions, EXIT_ERROR, Mode};
 #[derive(Debug, Parser)]
 #[command(
     version,
-    about = "IMDS test client: segmented, pipelined and raw requests"
+    about = "IMDS test client: segmented, pipelined, raw and paced requests"
 )]
 #[command(group(ArgGroup::new("mode").args(["v1", "v2", "raw"])))]
 struct Args {
@@ -56,8 +56,16 @@ struct Args {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1000))]
     pipeline: u16,
     /// Repeat N times, one connection each (the token is fetched once).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
-    count: u32,
+    /// Default 1, or no limit but --duration-ms when that is given.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    count: Option<u32>,
+    /// Pace the reads at N requests per second (with --pipeline K, a
+    /// connection every K/N s), on a fixed schedule from the start.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    rate: Option<u32>,
+    /// Start no connection after this many milliseconds.
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    duration_ms: Option<u64>,
     /// Limit for connecting and for each response, in milliseconds.
     #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
     timeout_ms: u64,
@@ -122,7 +130,14 @@ fn options(args: Args) -> Result<ClientOptions, String> {
         segments: usize::from(args.segments),
         segment_delay: Duration::from_millis(args.segment_delay_ms),
         pipeline: usize::from(args.pipeline),
-        count: args.count as usize,
+        // A run with a duration is bounded by it; otherwise one connection.
+        count: match (args.count, args.duration_ms) {
+            (Some(n), _) => n as usize,
+            (None, Some(_)) => usize::MAX,
+            (None, None) => 1,
+        },
+        rate: args.rate,
+        duration: args.duration_ms.map(Duration::from_millis),
         timeout: Duration::from_millis(args.timeout_ms),
         lowercase_headers: args.lowercase,
     })
@@ -168,5 +183,32 @@ fn main() -> ExitCode {
             eprintln!("imds-client: {e}");
             ExitCode::from(e.exit_code() as u8)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> ClientOptions {
+        let argv = std::iter::once("imds-client").chain(args.iter().copied());
+        options(Args::parse_from(argv)).unwrap()
+    }
+
+    #[test]
+    fn one_connection_unless_a_count_or_duration_is_given() {
+        let opts = parse(&[]);
+        assert_eq!((opts.count, opts.rate, opts.duration), (1, None, None));
+        assert_eq!(parse(&["--count", "7"]).count, 7);
+    }
+
+    #[test]
+    fn a_duration_bounds_the_run_instead_of_the_count() {
+        let opts = parse(&["--rate", "500", "--duration-ms", "2000"]);
+        assert_eq!(opts.count, usize::MAX);
+        assert_eq!(opts.rate, Some(500));
+        assert_eq!(opts.duration, Some(Duration::from_secs(2)));
+        let both = parse(&["--count", "3", "--duration-ms", "2000"]);
+        assert_eq!(both.count, 3, "whichever ends first");
     }
 }

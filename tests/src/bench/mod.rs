@@ -1,0 +1,9 @@
+//! The parts of `imds-bench` (tests/src/bin/imds-bench.rs): load generators,
+//! readers of kernel and /proc statistics, the phases, and the report.
+
+pub mod daemon;
+pub mod load;
+pub mod phases;
+pub mod procfs;
+pub mod progstats;
+pub mod report;
