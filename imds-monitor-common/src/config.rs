@@ -32,3 +32,11 @@ impl Endpoints {
         }
     }
 }
+
+/// What the classifier does with a request of a class (`ACTIONS` map, by class).
+pub mod action {
+    /// Let it through.
+    pub const PASS: u8 = 0;
+    /// Drop it before it reaches IMDS and reset the client's connection.
+    pub const DROP: u8 = 2;
+}

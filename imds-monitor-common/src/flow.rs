@@ -22,6 +22,9 @@ pub mod flow_flag {
     pub const DESYNC: u8 = 1 << 0;
     /// The responses cannot be followed any more (chunked body, a gap).
     pub const RESPONSES_LOST: u8 = 1 << 1;
+    /// A request on this connection was dropped: every later segment is
+    /// dropped too, and the client was sent a reset.
+    pub const BLOCKED: u8 = 1 << 2;
 }
 
 /// Value of the per-connection map.

@@ -15,23 +15,35 @@ use crate::{
     scan::{self, Origin},
 };
 
+/// What happens to a segment.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Fate {
+    Pass,
+    /// A later segment of a blocked connection.
+    Drop,
+    /// This segment completed a request that must not reach IMDS: drop it
+    /// and reset the client.
+    Reset,
+}
+
 #[inline(always)]
-pub fn on_segment(ctx: &TcContext, segment: &Segment) {
+pub fn on_segment(ctx: &TcContext, segment: &Segment) -> Fate {
     if segment.syn {
         // A new connection: its first payload byte is seq + 1.
         let first = segment.seq.wrapping_add(1);
         if let Some(flow) = track_flow(&segment.key, first) {
             unsafe { (*flow).first_seq = first };
         }
-        return;
+        return Fate::Pass;
     }
     let origin = Origin {
         key: segment.key,
         ifindex: unsafe { (*ctx.skb.skb).ifindex },
         socket_cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
     };
+    let mut fate = Fate::Pass;
     if segment.payload_len != 0 {
-        on_payload(ctx, segment, &origin);
+        fate = on_payload(ctx, segment, &origin);
     }
     if segment.fin_or_rst {
         if let Some(flow) = FLOWS.get_ptr_mut(&segment.key) {
@@ -43,10 +55,11 @@ pub fn on_segment(ctx: &TcContext, segment: &Segment) {
         }
         let _ = FLOWS.remove(&segment.key);
     }
+    fate
 }
 
 #[inline(always)]
-fn on_payload(ctx: &TcContext, segment: &Segment, origin: &Origin) {
+fn on_payload(ctx: &TcContext, segment: &Segment, origin: &Origin) -> Fate {
     let flow = match FLOWS.get_ptr_mut(&segment.key) {
         Some(flow) => flow,
         None => {
@@ -54,13 +67,17 @@ fn on_payload(ctx: &TcContext, segment: &Segment, origin: &Origin) {
             // the entry was evicted): start parsing here.
             match track_flow(&segment.key, segment.seq) {
                 Some(flow) => flow,
-                None => return,
+                None => return Fate::Pass,
             }
         }
     };
     let flow = unsafe { &mut *flow };
+    if flow.flags & flow_flag::BLOCKED != 0 {
+        // Retransmissions and anything after a dropped request.
+        return Fate::Drop;
+    }
     if flow.flags & flow_flag::DESYNC != 0 {
-        return;
+        return Fate::Pass;
     }
     let len = segment.payload_len;
     // Set on every segment: a socket-less packet was forwarded (a container).
@@ -69,7 +86,7 @@ fn on_payload(ctx: &TcContext, segment: &Segment, origin: &Origin) {
         Advance::New { skip } => skip,
         Advance::Seen => {
             count(stat::RETRANSMITS);
-            return;
+            return Fate::Pass;
         }
         Advance::Gap => {
             // Bytes were never seen (a segment lost before this hook, or map
@@ -79,7 +96,7 @@ fn on_payload(ctx: &TcContext, segment: &Segment, origin: &Origin) {
                 scan::emit(origin, flow, RequestClass::Incomplete, InvalidReason::None);
             }
             flow.flags |= flow_flag::DESYNC;
-            return;
+            return Fate::Pass;
         }
     };
     if flow.attribution == attribution::NONE {
@@ -87,6 +104,11 @@ fn on_payload(ctx: &TcContext, segment: &Segment, origin: &Origin) {
     }
     flow.next_seq = segment.seq.wrapping_add(len);
     scan::scan_payload(ctx, flow, origin, segment.payload_offset + skip, len - skip);
+    if flow.flags & flow_flag::BLOCKED != 0 {
+        Fate::Reset
+    } else {
+        Fate::Pass
+    }
 }
 
 /// Where a segment of `len` bytes at `seq` stands against `expected`, the

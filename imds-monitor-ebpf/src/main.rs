@@ -10,6 +10,7 @@
 #![no_main]
 
 mod attribution;
+mod enforce;
 mod flow;
 mod maps;
 mod packet;
@@ -17,7 +18,11 @@ mod process;
 mod responses;
 mod scan;
 
-use aya_ebpf::{bindings::TC_ACT_UNSPEC, macros::classifier, programs::TcContext};
+use aya_ebpf::{
+    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
+    macros::classifier,
+    programs::TcContext,
+};
 
 /// Watched endpoints, written by the loader before the program is loaded.
 #[unsafe(no_mangle)]
@@ -27,12 +32,15 @@ static ENDPOINTS: imds_monitor_common::config::Endpoints =
 /// Sees every packet leaving the interface; acts only on TCP to IMDS endpoints.
 #[classifier]
 pub fn imds_classify(ctx: TcContext) -> i32 {
-    if let Some(segment) = packet::imds_segment(&ctx) {
-        flow::on_segment(&ctx, &segment);
+    let Some(segment) = packet::imds_segment(&ctx) else {
+        return TC_ACT_UNSPEC;
+    };
+    match flow::on_segment(&ctx, &segment) {
+        // UNSPEC lets the next program (TCX) or the default action (clsact) decide.
+        flow::Fate::Pass => TC_ACT_UNSPEC,
+        flow::Fate::Drop => TC_ACT_SHOT as i32,
+        flow::Fate::Reset => enforce::reset_client(&ctx, &segment),
     }
-    // Monitoring never changes a packet's fate; UNSPEC lets the next program
-    // (TCX) or the default action (clsact) decide.
-    TC_ACT_UNSPEC
 }
 
 /// Sees every packet arriving on the interface; reads the status line of

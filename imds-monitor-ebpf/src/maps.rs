@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
 use imds_monitor_common::{
     event::stat,
@@ -20,6 +20,11 @@ pub static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(
 /// Classified requests for the daemon.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
+
+/// Action per request class (`config::action`), set by the daemon: all
+/// PASS except in enforce mode.
+#[map]
+pub static ACTIONS: Array<u8> = Array::with_max_entries(8, 0);
 
 /// Counters the daemon reports (`event::stat`).
 #[map]

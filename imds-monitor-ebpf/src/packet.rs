@@ -29,6 +29,11 @@ pub struct Segment {
     /// IPv4 TTL or IPv6 hop limit as the packet arrived here.
     pub ttl: u8,
     pub seq: u32,
+    /// Acknowledgement number (what the sender has received so far).
+    pub ack: u32,
+    /// Offset of the IP header and of the TCP header from the packet start.
+    pub l3_offset: u32,
+    pub l4_offset: u32,
     pub syn: bool,
     pub fin_or_rst: bool,
     /// Offset of the TCP payload from the start of the packet.
@@ -230,6 +235,9 @@ fn tcp_segment<const RESPONSE: bool>(
         key,
         ttl,
         seq: u32::from_be_bytes(tcp.seq),
+        ack: u32::from_be_bytes(tcp.ack_seq),
+        l3_offset: EthHdr::LEN as u32,
+        l4_offset: l4_offset as u32,
         syn: tcp.syn() != 0,
         fin_or_rst: tcp.fin() != 0 || tcp.rst() != 0,
         payload_offset: l4_offset as u32 + doff,

@@ -10,12 +10,13 @@ use aya_ebpf::{
 };
 use imds_monitor_common::{
     class::{InvalidReason, RequestClass, Verdict},
+    config::action,
     event::{RequestEvent, stat},
     flow::{FlowKey, FlowState, flow_flag},
     http::{Step, flag},
 };
 
-use crate::maps::{EVENTS, SCAN_CAP, SCRATCH, count};
+use crate::maps::{ACTIONS, EVENTS, SCAN_CAP, SCRATCH, count};
 
 /// Where a request came from, copied into each event of a packet.
 pub struct Origin {
@@ -90,6 +91,11 @@ pub fn scan_payload(ctx: &TcContext, flow: &mut FlowState, origin: &Origin, offs
     }
 }
 
+#[inline(always)]
+fn action_for(class: RequestClass) -> u8 {
+    ACTIONS.get(class as u32).copied().unwrap_or(action::PASS)
+}
+
 /// `bpf_skb_load_bytes` with a 64-bit length argument (see `scan_payload`).
 #[inline(always)]
 fn load_bytes(ctx: &TcContext, offset: u32, to: *mut c_void, len: u64) -> i64 {
@@ -117,6 +123,13 @@ unsafe extern "C" fn scan_byte(index: u64, state: *mut c_void) -> i64 {
         Step::More => 0,
         Step::Complete => {
             let (class, reason) = flow.parser.classify();
+            if action_for(class) == action::DROP {
+                // Enforce: this segment completes a request that must not
+                // reach IMDS; the caller drops it and resets the client.
+                flow.flags |= flow_flag::BLOCKED;
+                emit(unsafe { &*state.origin }, flow, class, reason);
+                return 1;
+            }
             emit(unsafe { &*state.origin }, flow, class, reason);
             flow.requests = flow.requests.wrapping_add(1);
             if flow.parser.flags & flag::CONTENT_LENGTH != 0 {
@@ -159,7 +172,11 @@ pub fn emit(origin: &Origin, flow: &FlowState, class: RequestClass, reason: Inva
     event.kind = imds_monitor_common::event::kind::REQUEST;
     event.class = class as u8;
     event.reason = reason as u8;
-    event.verdict = Verdict::Allowed as u8;
+    event.verdict = if flow.flags & flow_flag::BLOCKED != 0 {
+        Verdict::Dropped
+    } else {
+        Verdict::Allowed
+    } as u8;
     event.method_len = parser.method_len;
     event.family = origin.key.family;
     event.flags = parser.flags;

@@ -59,7 +59,9 @@ pub struct RunArgs {
     #[arg(long = "iface", value_name = "NAME")]
     pub ifaces: Vec<String>,
 
-    /// monitor: report every request; alert: also mark IMDSv1 requests as alerts
+    /// monitor: report every request; alert: also mark IMDSv1 requests as
+    /// alerts (and `imds.would_drop`); enforce: drop IMDSv1 requests in the
+    /// kernel and reset the client's connection
     #[arg(long, value_enum, default_value_t = Mode::Monitor)]
     pub mode: Mode,
 

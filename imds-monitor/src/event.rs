@@ -6,7 +6,7 @@ use std::{
 };
 
 use imds_monitor_common::{
-    class::{InvalidReason, RequestClass},
+    class::{InvalidReason, RequestClass, Verdict},
     event::{
         AF_INET, ExecEvent, Owner, RequestEvent, ResponseEvent, TaskEvent, attribution, exec_flag,
         kind,
@@ -64,6 +64,8 @@ pub struct Request {
     pub request_index: u16,
     /// Forwarded through this host (a container), not sent by a local socket.
     pub forwarded: bool,
+    /// What the kernel did: `Dropped` in enforce mode, else `Allowed`.
+    pub kernel_verdict: Verdict,
 }
 
 /// A response's status line, as it arrived at the host.
@@ -190,6 +192,7 @@ fn decode_request(bytes: &[u8], clock: &BootClock) -> Option<Request> {
         owner: owner_of(raw.attribution, &raw.owner),
         request_index: raw.request_index,
         forwarded: raw.forwarded != 0,
+        kernel_verdict: Verdict::from_u8(raw.verdict),
     })
 }
 

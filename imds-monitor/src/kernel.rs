@@ -216,6 +216,19 @@ impl Kernel {
             .collect()
     }
 
+    /// What the classifier does per request class (`config::action`).
+    pub fn set_actions(&mut self, actions: [u8; 8]) -> Result<()> {
+        let map = self
+            .ebpf
+            .map_mut("ACTIONS")
+            .context("ACTIONS map missing")?;
+        let mut array: aya::maps::Array<_, u8> = aya::maps::Array::try_from(map)?;
+        for (class, value) in actions.iter().enumerate() {
+            array.set(class as u32, value, 0)?;
+        }
+        Ok(())
+    }
+
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
         let map = self.ebpf.take_map("EVENTS").context("EVENTS map missing")?;
         Ok(RingBuf::try_from(map)?)

@@ -63,6 +63,8 @@ async fn run_until_signal(args: RunArgs) -> Result<()> {
         endpoints: &table,
         watched: args.cgroup.is_some().then_some(&watched),
     })?;
+    // Actions before attaching: no request is classified under a stale one.
+    kernel.set_actions(args.mode.kernel_actions())?;
     // Attribution first: every connection made once requests are watched has an owner.
     kernel.attach_attribution(&watched.dir)?;
     for iface in &ifaces {

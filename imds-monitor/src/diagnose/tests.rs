@@ -48,6 +48,7 @@ fn request(class: RequestClass, path: &str, port: u16, index: u16, ms: u64) -> R
         owner: None,
         request_index: index,
         forwarded: true,
+        kernel_verdict: imds_monitor_common::class::Verdict::Allowed,
     }
 }
 

@@ -154,7 +154,10 @@ fn add_sender(doc: &mut Map<String, Value>, imds: &mut Map<String, Value>, sende
 
 /// `event.action: "imds-request"`: one classified request and who sent it.
 pub fn request(req: &Request, sender: &Sender, interface: &str, info: &RunInfo) -> Value {
-    let verdict = info.mode.verdict(req.class);
+    let verdict = match req.kernel_verdict {
+        Verdict::Dropped => Verdict::Dropped,
+        _ => info.mode.verdict(req.class),
+    };
     let kind = if verdict == Verdict::Allowed {
         "event"
     } else {
@@ -164,11 +167,17 @@ pub fn request(req: &Request, sender: &Sender, interface: &str, info: &RunInfo) 
     let event = doc["event"].as_object_mut().expect("event is an object");
     event.insert("category".into(), json!(["network"]));
     event.insert("type".into(), json!(["access", "connection"]));
+    if verdict == Verdict::Dropped {
+        event.insert("outcome".into(), "failure".into());
+    }
 
     let mut imds = Map::new();
     imds.insert("class".into(), req.class.as_str().into());
     imds.insert("version".into(), req.class.version().into());
     imds.insert("verdict".into(), verdict.as_str().into());
+    if info.mode.would_drop(req.class) {
+        imds.insert("would_drop".into(), true.into());
+    }
     imds.insert(
         "path_category".into(),
         PathCategory::of(&req.path).as_str().into(),
@@ -452,6 +461,7 @@ mod tests {
             owner: None,
             request_index: 0,
             forwarded: false,
+            kernel_verdict: Verdict::Allowed,
         }
     }
 

@@ -16,7 +16,10 @@ pub mod parse;
 
 pub use check::{PolicyArgs, main};
 
-use imds_monitor_common::class::{RequestClass, Verdict};
+use imds_monitor_common::{
+    class::{RequestClass, Verdict},
+    config::action,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
@@ -24,6 +27,9 @@ pub enum Mode {
     Monitor,
     /// Report every request; IMDSv1 requests are alerts.
     Alert,
+    /// Drop IMDSv1 requests in the kernel before they reach IMDS and reset
+    /// the client's connection; report every request.
+    Enforce,
 }
 
 impl Mode {
@@ -31,13 +37,28 @@ impl Mode {
         match self {
             Self::Monitor => "monitor",
             Self::Alert => "alert",
+            Self::Enforce => "enforce",
         }
+    }
+
+    /// The kernel's action per class (`config::action`, indexed by class).
+    pub fn kernel_actions(self) -> [u8; 8] {
+        let mut actions = [action::PASS; 8];
+        if self == Self::Enforce {
+            actions[RequestClass::V1Get as usize] = action::DROP;
+        }
+        actions
+    }
+
+    /// Alert mode marks what enforce mode would drop (a dry run).
+    pub fn would_drop(self, class: RequestClass) -> bool {
+        self == Self::Alert && Self::Enforce.kernel_actions()[class as usize] == action::DROP
     }
 
     /// The verdict for a request the kernel let through.
     pub const fn verdict(self, class: RequestClass) -> Verdict {
         match (self, class) {
-            (Self::Alert, RequestClass::V1Get) => Verdict::Alerted,
+            (Self::Alert | Self::Enforce, RequestClass::V1Get) => Verdict::Alerted,
             _ => Verdict::Allowed,
         }
     }
@@ -57,6 +78,23 @@ mod tests {
                 Verdict::Allowed
             };
             assert_eq!(Mode::Alert.verdict(class), expected, "{class:?}");
+            assert_eq!(Mode::Alert.would_drop(class), class == RequestClass::V1Get);
+            assert!(!Mode::Monitor.would_drop(class));
+        }
+    }
+
+    #[test]
+    fn only_enforce_drops_and_only_v1() {
+        for mode in [Mode::Monitor, Mode::Alert, Mode::Enforce] {
+            let actions = mode.kernel_actions();
+            for class in RequestClass::ALL {
+                let drops = mode == Mode::Enforce && class == RequestClass::V1Get;
+                assert_eq!(
+                    actions[class as usize] == action::DROP,
+                    drops,
+                    "{mode:?} {class:?}"
+                );
+            }
         }
     }
 }
