@@ -40,3 +40,34 @@ pub mod action {
     /// Drop it before it reaches IMDS and reset the client's connection.
     pub const DROP: u8 = 2;
 }
+
+/// Policy exceptions the kernel can evaluate: at most this many.
+pub const MAX_EXCEPTIONS: usize = 64;
+/// Bytes of a cgroup path, and of an executable path, used as map keys.
+pub const EXEMPT_PATH_CAP: usize = 256;
+/// Bytes of a cgroup directory name (a systemd unit) used as a map key.
+pub const EXEMPT_LEAF_CAP: usize = 128;
+/// Hex digits of a container id used as a map key (Docker's short id).
+pub const EXEMPT_CONTAINER_ID_CAP: usize = 12;
+
+/// Which exceptions (bit i = exception i) a cgroup matches, per kind of
+/// matcher: an exception applies when every kind it uses matched, on the
+/// cgroup or any ancestor (a rule on a unit also covers its sub-cgroups).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExemptBits {
+    pub cgroup_prefix: u64,
+    pub container_id: u64,
+    pub systemd_unit: u64,
+}
+
+/// Indexes of the `EXCEPTION_NEEDS` array: per kind, which exceptions use it.
+pub mod needs {
+    pub const CGROUP_PREFIX: u32 = 0;
+    pub const CONTAINER_ID: u32 = 1;
+    pub const SYSTEMD_UNIT: u32 = 2;
+    pub const EXECUTABLE: u32 = 3;
+    /// Bits of the exceptions that exist.
+    pub const DEFINED: u32 = 4;
+    pub const COUNT: u32 = 5;
+}

@@ -25,6 +25,10 @@ pub struct Owner {
     pub uid: u32,
     pub gid: u32,
     pub comm: [u8; 16],
+    /// Policy exception that covers this process: its index + 1, 0 for none.
+    /// Decided at connect(), so a process's first request already has it.
+    pub exempt_rule: u32,
+    pub _pad: u32,
 }
 
 impl Owner {
@@ -37,6 +41,8 @@ impl Owner {
             uid: 0,
             gid: 0,
             comm: [0; 16],
+            exempt_rule: 0,
+            _pad: 0,
         }
     }
 }

@@ -15,6 +15,7 @@ mod pod {
     // SAFETY: all are `repr(C)`, `Copy`, made only of integers and byte
     // arrays with explicit padding fields, so every bit pattern is valid.
     unsafe impl aya::Pod for crate::config::Endpoints {}
+    unsafe impl aya::Pod for crate::config::ExemptBits {}
     unsafe impl aya::Pod for crate::event::RequestEvent {}
     unsafe impl aya::Pod for crate::event::Owner {}
     unsafe impl aya::Pod for crate::flow::SeqKey {}

@@ -77,14 +77,17 @@ fn ip6_bytes(words: [u32; 4]) -> [u8; 16] {
 fn record_connect(ctx: &SockAddrContext) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let uid_gid = bpf_get_current_uid_gid();
+    let tgid = (pid_tgid >> 32) as u32;
     let owner = Owner {
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
         boot_ns: unsafe { bpf_ktime_get_boot_ns() },
-        tgid: (pid_tgid >> 32) as u32,
+        tgid,
         pid: pid_tgid as u32,
         uid: uid_gid as u32,
         gid: (uid_gid >> 32) as u32,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        exempt_rule: crate::exempt::owner_exemption(tgid),
+        _pad: 0,
     };
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let _ = CONNECTS.insert(&cookie, &owner, 0);

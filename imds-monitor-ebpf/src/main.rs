@@ -11,6 +11,7 @@
 
 mod attribution;
 mod enforce;
+mod exempt;
 mod flow;
 mod maps;
 mod packet;

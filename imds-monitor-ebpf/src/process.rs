@@ -17,7 +17,10 @@ use aya_ebpf::{
 };
 use imds_monitor_common::event::{ARGS_CAP, ExecEvent, MAX_ARGS, TaskEvent, exec_flag, kind, stat};
 
-use crate::maps::{EVENTS, count};
+use crate::{
+    exempt::{EXEMPT_EXECS, PROC_EXEMPT},
+    maps::{EVENTS, count},
+};
 
 /// Offset of `child_pid` in sched_process_fork's record (set by the loader
 /// from the format file; 44 on older kernels, 20 since comms became __data_loc).
@@ -71,7 +74,8 @@ fn capture_exec(ctx: &TracePointContext) -> Result<(), i32> {
     exec.flags = 0;
     exec.argc = 0;
     exec.args_len = 0;
-    exec.filename[0] = 0;
+    // Zeroed whole: the path is also a map key (EXEMPT_EXECS).
+    exec.filename = [0; 256];
     if unsafe { bpf_probe_read_user_str_bytes(filename, &mut exec.filename) }.is_err() {
         exec.filename[0] = 0;
     }
@@ -138,6 +142,11 @@ pub fn imds_exec(_ctx: TracePointContext) -> u32 {
             event.boot_ns = unsafe { bpf_ktime_get_boot_ns() };
             event.comm = bpf_get_current_comm().unwrap_or([0; 16]);
             event._pad = 0;
+            // Executable exceptions: decided now, before the program runs.
+            let bits = unsafe { EXEMPT_EXECS.get(&event.filename) }
+                .copied()
+                .unwrap_or(0);
+            let _ = PROC_EXEMPT.insert(&event.tgid, &bits, 0);
             entry.submit(0);
         }
         None => count(stat::LOST_EVENTS),
@@ -156,11 +165,12 @@ pub fn imds_fork(ctx: TracePointContext) -> u32 {
     let Ok(child) = (unsafe { ctx.read_at::<i32>(offset & 0xff) }) else {
         return 0;
     };
-    task_event(
-        kind::FORK,
-        (bpf_get_current_pid_tgid() >> 32) as u32,
-        child as u32,
-    );
+    let parent = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // A child runs its parent's program until it execs.
+    if let Some(bits) = unsafe { PROC_EXEMPT.get(&parent) }.copied() {
+        let _ = PROC_EXEMPT.insert(&(child as u32), &bits, 0);
+    }
+    task_event(kind::FORK, parent, child as u32);
     0
 }
 

@@ -123,7 +123,7 @@ unsafe extern "C" fn scan_byte(index: u64, state: *mut c_void) -> i64 {
         Step::More => 0,
         Step::Complete => {
             let (class, reason) = flow.parser.classify();
-            if action_for(class) == action::DROP {
+            if action_for(class) == action::DROP && flow.owner.exempt_rule == 0 {
                 // Enforce: this segment completes a request that must not
                 // reach IMDS; the caller drops it and resets the client.
                 flow.flags |= flow_flag::BLOCKED;

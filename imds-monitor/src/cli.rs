@@ -65,6 +65,13 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = Mode::Monitor)]
     pub mode: Mode,
 
+    /// Policy file (docs/policy.md): an action per class and exceptions. With
+    /// --mode enforce it drops what it says; with --mode alert it marks what
+    /// enforce would drop (imds.would_drop). Re-read on SIGHUP; a bad file keeps
+    /// the old policy. Without it, enforce drops every IMDSv1 request
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+
     /// Where to write events: `-` for stdout, or a file (appended, rotated by size,
     /// reopened on SIGHUP for logrotate)
     #[arg(long, short, value_name = "-|PATH", default_value = "-")]

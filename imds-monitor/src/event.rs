@@ -40,6 +40,8 @@ pub struct KernelOwner {
     pub comm: String,
     /// `socket` (a host process's packet) or `sequence` (forwarded, NATed).
     pub method: &'static str,
+    /// The policy exception the kernel found for it (index + 1), 0 for none.
+    pub exempt_rule: u32,
 }
 
 /// One classified request, as the kernel saw it.
@@ -106,6 +108,7 @@ fn owner_of(how: u8, owner: &Owner) -> Option<KernelOwner> {
         cgroup_id: owner.cgroup_id,
         comm: c_string(&owner.comm),
         method,
+        exempt_rule: owner.exempt_rule,
     })
 }
 

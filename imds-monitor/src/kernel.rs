@@ -19,7 +19,7 @@ use aya::{
 };
 use imds_monitor_common::config::Endpoints;
 
-use crate::cgroups::Subtree;
+use crate::{cgroups::Subtree, policy::compile::Compiled};
 
 const OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/imds-monitor-ebpf"));
 const CLASSIFIER: &str = "imds_classify";
@@ -40,11 +40,13 @@ pub enum AttachMode {
 const CONNECT_HOOKS: [&str; 2] = ["imds_connect4", "imds_connect6"];
 const SOCKOPS: &str = "imds_sockops";
 /// Process lifecycle tracepoints: (program, category, name).
-const TRACEPOINTS: [(&str, &str, &str); 4] = [
+const TRACEPOINTS: [(&str, &str, &str); 5] = [
     ("imds_execve", "syscalls", "sys_enter_execve"),
     ("imds_exec", "sched", "sched_process_exec"),
     ("imds_fork", "sched", "sched_process_fork"),
     ("imds_exit", "sched", "sched_process_exit"),
+    // New cgroups named by a policy exception (enforce mode's no-race rule).
+    ("imds_cgroup_mkdir", "cgroup", "cgroup_mkdir"),
 ];
 
 /// One attachment, kept to undo it.
@@ -80,12 +82,15 @@ impl Kernel {
         raise_memlock_limit();
         let tracefs = tracefs()?;
         let child_pid_offset = fork_child_pid_offset(&tracefs)?;
+        let (mkdir_id, mkdir_path) = mkdir_offsets(&tracefs)?;
         let (cgroup_id, cgroup_level) = options.watched.map_or((0, 0), |w| (w.id, w.level));
         let mut ebpf = EbpfLoader::new()
             .override_global("ENDPOINTS", options.endpoints, true)
             .override_global("FORK_CHILD_PID_OFFSET", &child_pid_offset, true)
             .override_global("WATCHED_CGROUP_ID", &cgroup_id, true)
             .override_global("WATCHED_CGROUP_LEVEL", &cgroup_level, true)
+            .override_global("MKDIR_ID_OFFSET", &mkdir_id, true)
+            .override_global("MKDIR_PATH_OFFSET", &mkdir_path, true)
             .load(OBJECT)
             .map_err(explain_load_error)?;
         for name in [CLASSIFIER, PASSTHROUGH, RESPONSES] {
@@ -229,6 +234,45 @@ impl Kernel {
         Ok(())
     }
 
+    /// Loads a compiled policy into the maps. New entries go in before stale
+    /// ones leave, so no exception lapses during a reload; the class actions
+    /// change last.
+    pub fn apply_policy(&mut self, policy: &Compiled) -> Result<()> {
+        replace_hash(&mut self.ebpf, "EXEMPT_CGROUPS", &policy.cgroups)?;
+        replace_hash(&mut self.ebpf, "EXEMPT_PATHS", &policy.paths)?;
+        replace_hash(&mut self.ebpf, "EXEMPT_LEAVES", &policy.leaves)?;
+        replace_hash(&mut self.ebpf, "EXEMPT_CONTAINERS", &policy.containers)?;
+        replace_hash(&mut self.ebpf, "EXEMPT_EXECS", &policy.execs)?;
+        {
+            let map = self
+                .ebpf
+                .map_mut("PROC_EXEMPT")
+                .context("PROC_EXEMPT map missing")?;
+            let mut procs: aya::maps::HashMap<_, u32, u64> = aya::maps::HashMap::try_from(map)?;
+            // Processes not named now get 0 (forks of them inherit it).
+            let stale: Vec<u32> = procs.keys().filter_map(|k| k.ok()).collect();
+            for pid in stale {
+                if !policy.processes.contains_key(&pid) {
+                    let _ = procs.insert(pid, 0, 0);
+                }
+            }
+            for (pid, bits) in &policy.processes {
+                procs.insert(pid, bits, 0)?;
+            }
+        }
+        {
+            let map = self
+                .ebpf
+                .map_mut("EXCEPTION_NEEDS")
+                .context("EXCEPTION_NEEDS map missing")?;
+            let mut array: aya::maps::Array<_, u64> = aya::maps::Array::try_from(map)?;
+            for (i, value) in policy.needs.iter().enumerate() {
+                array.set(i as u32, value, 0)?;
+            }
+        }
+        self.set_actions(policy.actions)
+    }
+
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
         let map = self.ebpf.take_map("EVENTS").context("EVENTS map missing")?;
         Ok(RingBuf::try_from(map)?)
@@ -325,6 +369,46 @@ fn fork_child_pid_offset(tracefs: &Path) -> Result<u32> {
         Some(offset) if offset < 256 => Ok(offset),
         _ => bail!("no child_pid field in {}", path.display()),
     }
+}
+
+/// Offsets of `id` and `path` in cgroup:cgroup_mkdir's record.
+fn mkdir_offsets(tracefs: &Path) -> Result<(u32, u32)> {
+    let path = tracefs.join("events/cgroup/cgroup_mkdir/format");
+    let format =
+        fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    match (field_offset(&format, "id"), field_offset(&format, "path")) {
+        (Some(id), Some(p)) if id < 256 && p < 256 => Ok((id, p)),
+        _ => bail!("no id/path fields in {}", path.display()),
+    }
+}
+
+/// Makes a kernel hash map hold exactly `entries`: inserts first, then removes the rest.
+fn replace_hash<K, V>(
+    ebpf: &mut Ebpf,
+    name: &str,
+    entries: &std::collections::HashMap<K, V>,
+) -> Result<()>
+where
+    K: aya::Pod + Eq + std::hash::Hash,
+    V: aya::Pod,
+{
+    let map = ebpf
+        .map_mut(name)
+        .with_context(|| format!("{name} map missing"))?;
+    let mut hash: aya::maps::HashMap<_, K, V> = aya::maps::HashMap::try_from(map)?;
+    for (k, v) in entries {
+        hash.insert(k, v, 0)
+            .with_context(|| format!("writing {name}"))?;
+    }
+    let stale: Vec<K> = hash
+        .keys()
+        .filter_map(|k| k.ok())
+        .filter(|k| !entries.contains_key(k))
+        .collect();
+    for k in stale {
+        let _ = hash.remove(&k);
+    }
+    Ok(())
 }
 
 /// Offset of `field` in a tracepoint format file.

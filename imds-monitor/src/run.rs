@@ -2,8 +2,11 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result};
+use std::path::Path;
+
+use anyhow::{Context as _, Result, anyhow, bail};
 use aya::maps::{MapData, RingBuf};
+use imds_monitor_common::class::Verdict;
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
@@ -23,6 +26,7 @@ use crate::{
         ecs::{self, RunInfo},
         sink::{Rotation, Sink},
     },
+    policy::{Mode, compile::compile, model::Policy, parse},
     processes::ProcessCache,
     stats,
 };
@@ -46,6 +50,14 @@ async fn run_until_signal(args: RunArgs) -> Result<()> {
     };
     let table = endpoints::to_kernel(&endpoints)?;
     let ifaces = interfaces::choose(&args.ifaces, &endpoints)?;
+    if args.policy.is_some() && args.mode == Mode::Monitor {
+        bail!("--policy needs --mode enforce (drop as it says) or --mode alert (a dry run)");
+    }
+    // A bad policy fails here, before anything is attached.
+    let policy = match &args.policy {
+        Some(path) => parse::load(path).map_err(|e| anyhow!("{e}"))?,
+        None => Policy::default(),
+    };
     let cgroup_root = cgroups::cgroup2_mount()?;
     let watched = cgroups::subtree(&cgroup_root, args.cgroup.as_deref())?;
     // Open the output before attaching: a bad path fails with nothing attached.
@@ -63,8 +75,8 @@ async fn run_until_signal(args: RunArgs) -> Result<()> {
         endpoints: &table,
         watched: args.cgroup.is_some().then_some(&watched),
     })?;
-    // Actions before attaching: no request is classified under a stale one.
-    kernel.set_actions(args.mode.kernel_actions())?;
+    // The policy before attaching: no request is judged without it.
+    kernel.apply_policy(&compile(&policy, args.mode, &cgroup_root)?)?;
     // Attribution first: every connection made once requests are watched has an owner.
     kernel.attach_attribution(&watched.dir)?;
     for iface in &ifaces {
@@ -106,7 +118,8 @@ async fn run_until_signal(args: RunArgs) -> Result<()> {
 
     let mut writer = EventWriter {
         names: NameCache::default(),
-        enricher: Enricher::new(processes, CgroupPaths::new(cgroup_root)),
+        enricher: Enricher::new(processes, CgroupPaths::new(cgroup_root.clone())),
+        policy,
         diagnoser: Diagnoser::default(),
         batch: Vec::new(),
         written: 0,
@@ -127,10 +140,16 @@ async fn run_until_signal(args: RunArgs) -> Result<()> {
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
-            _ = sighup.recv() => match sink.reopen() {
-                Ok(()) => log::info!("SIGHUP: output reopened"),
-                Err(e) => log::warn!("SIGHUP: kept the current output: {e:#}"),
-            },
+            _ = sighup.recv() => {
+                match sink.reopen() {
+                    Ok(()) => log::info!("SIGHUP: output reopened"),
+                    Err(e) => log::warn!("SIGHUP: kept the current output: {e:#}"),
+                }
+                if let Some(path) = &args.policy {
+                    let event = reload_policy(path, args.mode, &cgroup_root, &mut kernel, &mut writer);
+                    sink.write_value(&ecs::policy_reload(&info, path, event))?;
+                }
+            }
             _ = sweep.tick() => writer.enricher.processes.sweep(),
             _ = summary.tick() => {
                 let counts = writer.diagnoser.take_summary();
@@ -160,11 +179,36 @@ async fn run_until_signal(args: RunArgs) -> Result<()> {
     Ok(())
 }
 
+/// SIGHUP: a new policy replaces the old one in the kernel, or, if the file
+/// is bad, the old one stays in force (enforcement never lapses).
+fn reload_policy(
+    path: &Path,
+    mode: Mode,
+    cgroup_root: &Path,
+    kernel: &mut Kernel,
+    writer: &mut EventWriter,
+) -> Result<usize, String> {
+    let policy = parse::load(path).map_err(|e| e.to_string())?;
+    let compiled = compile(&policy, mode, cgroup_root).map_err(|e| format!("{e:#}"))?;
+    kernel
+        .apply_policy(&compiled)
+        .map_err(|e| format!("{e:#}"))?;
+    let exceptions = policy.exceptions.len();
+    writer.policy = policy;
+    log::info!(
+        "SIGHUP: policy {} reloaded ({exceptions} exceptions)",
+        path.display()
+    );
+    Ok(exceptions)
+}
+
 /// Turns ring-buffer records into JSON lines, a batch per write; process
 /// records update the cache that names the senders of later requests.
 struct EventWriter {
     names: NameCache,
     enricher: Enricher,
+    /// The policy in force, for naming the rule that decided.
+    policy: Policy,
     diagnoser: Diagnoser,
     batch: Vec<u8>,
     /// `imds-request` lines written (monitor-stopped's `events_written`).
@@ -214,7 +258,18 @@ impl EventWriter {
             };
             let sender = self.enricher.sender(&request);
             let interface = self.names.name(request.ifindex).to_owned();
-            self.push(&ecs::request(&request, &sender, &interface, info))?;
+            let exception = request
+                .owner
+                .as_ref()
+                .and_then(|o| o.exempt_rule.checked_sub(1))
+                .map(|i| i as usize);
+            let dropped = request.kernel_verdict == Verdict::Dropped;
+            let decision = info
+                .mode
+                .decide(&self.policy, request.class, exception, dropped);
+            self.push(&ecs::request(
+                &request, &sender, &decision, &interface, info,
+            ))?;
             self.written += 1;
             for finding in self.diagnoser.on_request(&request, &sender, Instant::now()) {
                 self.push(&ecs::finding(&finding, &interface, info))?;

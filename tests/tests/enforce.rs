@@ -138,3 +138,148 @@ fn alert_mode_marks_what_enforce_would_drop() {
         assert_eq!(r["imds"]["verdict"], if v1 { "alerted" } else { "allowed" });
     }
 }
+
+/// The real interpreter's path (not a wrapper script in front of it).
+fn python() -> String {
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import os, sys; print(os.path.realpath(sys.executable))",
+        ])
+        .output()
+        .expect("python3");
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+const PY_V1: &str = "import urllib.request as u\n\
+                     print(u.urlopen('http://169.254.169.254/latest/meta-data/instance-id', timeout=5).status)";
+
+#[test]
+fn exceptions_by_cgroup_container_and_executable_and_sighup_reload() {
+    let sb = Sandbox::builder()
+        .hop_limit(2)
+        .containers(&[ContainerSpec::docker(), ContainerSpec::docker()])
+        .build()
+        .expect("sandbox");
+    let root = sb.root_cgroup().rel().to_owned();
+    let python = python();
+    let dir = std::env::temp_dir().join(format!("imds-policy-{}", sb.id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let policy = dir.join("policy.toml");
+    let write = |text: &str| std::fs::write(&policy, text).unwrap();
+    let exceptions = format!(
+        r#"
+[actions]
+v1_get = "drop"
+
+[[exception]]
+name = "legacy-unit"
+cgroup_prefix = "{root}/system.slice/legacy.service"
+
+[[exception]]
+name = "vendor-container"
+container_id = "{}"
+
+[[exception]]
+name = "python-tool"
+executable = "{python}"
+"#,
+        &sb.container(0).id()[..12]
+    );
+    write(&exceptions);
+    let policy_arg = policy.to_string_lossy().into_owned();
+    let monitor =
+        Monitor::start(&sb, &["--mode", "enforce", "--policy", &policy_arg]).expect("monitor");
+    let url = "http://169.254.169.254/latest/meta-data/instance-id";
+    let legacy = Place::service("legacy");
+    let other = Place::service("other");
+    // The legacy unit's cgroup is made now, after the policy was loaded: the
+    // kernel names it at mkdir, before curl moves in.
+    assert_eq!(
+        sb.curl(&legacy, &[url]).unwrap().status,
+        Some(200),
+        "excepted unit"
+    );
+    assert_v1_blocked(&sb, &other, url);
+    assert_eq!(
+        sb.curl(&Place::Container(0), &[url]).unwrap().status,
+        Some(200),
+        "excepted container"
+    );
+    assert_v1_blocked(&sb, &Place::Container(1), url);
+    let py = sb
+        .command(&other, &python)
+        .unwrap()
+        .args(["-c", PY_V1])
+        .output()
+        .unwrap();
+    assert!(
+        py.status.success(),
+        "excepted executable: {}",
+        String::from_utf8_lossy(&py.stderr)
+    );
+
+    // A broken file: the old policy stays, and the stream says why.
+    write("[actions]\nv1_get = \"explode\"\n");
+    monitor.signal(libc::SIGHUP).unwrap();
+    monitor
+        .wait_for(std::time::Duration::from_secs(10), |e| {
+            e.iter()
+                .any(|e| imds_sandbox::action(e) == "policy-rejected")
+        })
+        .expect("policy-rejected");
+    assert_eq!(
+        sb.curl(&legacy, &[url]).unwrap().status,
+        Some(200),
+        "still excepted"
+    );
+    // A new file without the unit's exception: enforced at once.
+    write("[actions]\nv1_get = \"drop\"\n");
+    monitor.signal(libc::SIGHUP).unwrap();
+    monitor
+        .wait_for(std::time::Duration::from_secs(10), |e| {
+            e.iter().any(|e| imds_sandbox::action(e) == "policy-loaded")
+        })
+        .expect("policy-loaded");
+    assert_v1_blocked(&sb, &legacy, url);
+
+    monitor.wait_for_requests(7).expect("events");
+    let stopped = stop(monitor);
+    let rules: Vec<(String, String)> = stopped
+        .requests()
+        .iter()
+        .map(|r| {
+            (
+                r["imds"]["policy"]["rule"]
+                    .as_str()
+                    .unwrap_or("-")
+                    .to_owned(),
+                r["imds"]["verdict"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("exception:legacy-unit", "alerted"),
+        ("actions.v1_get", "dropped"),
+        ("exception:vendor-container", "alerted"),
+        ("actions.v1_get", "dropped"),
+        ("exception:python-tool", "alerted"),
+        ("exception:legacy-unit", "alerted"),
+        ("actions.v1_get", "dropped"),
+    ];
+    let expected: Vec<(String, String)> = expected
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    assert_eq!(rules, expected);
+    let rejected = stopped
+        .events
+        .iter()
+        .find(|e| imds_sandbox::action(e) == "policy-rejected")
+        .unwrap();
+    assert!(
+        rejected["message"].as_str().unwrap().contains("explode"),
+        "{rejected:#}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -15,6 +15,7 @@ fn sender(pid: u32) -> Sender {
             cgroup_id: 7,
             comm: "sdk".into(),
             method: "sequence",
+            exempt_rule: 0,
         }),
         process: Some(ProcessInfo {
             pid,

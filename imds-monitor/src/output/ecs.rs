@@ -13,7 +13,7 @@ use crate::{
     diagnose::{Finding, WorkloadCounts, WorkloadKey},
     enrich::Sender,
     event::{PathCategory, Request, Response},
-    policy::Mode,
+    policy::{Decision, Mode},
     processes::ProcessInfo,
     stats::KernelStats,
 };
@@ -153,11 +153,14 @@ fn add_sender(doc: &mut Map<String, Value>, imds: &mut Map<String, Value>, sende
 }
 
 /// `event.action: "imds-request"`: one classified request and who sent it.
-pub fn request(req: &Request, sender: &Sender, interface: &str, info: &RunInfo) -> Value {
-    let verdict = match req.kernel_verdict {
-        Verdict::Dropped => Verdict::Dropped,
-        _ => info.mode.verdict(req.class),
-    };
+pub fn request(
+    req: &Request,
+    sender: &Sender,
+    decision: &Decision,
+    interface: &str,
+    info: &RunInfo,
+) -> Value {
+    let verdict = decision.verdict;
     let kind = if verdict == Verdict::Allowed {
         "event"
     } else {
@@ -175,8 +178,11 @@ pub fn request(req: &Request, sender: &Sender, interface: &str, info: &RunInfo) 
     imds.insert("class".into(), req.class.as_str().into());
     imds.insert("version".into(), req.class.version().into());
     imds.insert("verdict".into(), verdict.as_str().into());
-    if info.mode.would_drop(req.class) {
+    if decision.would_drop {
         imds.insert("would_drop".into(), true.into());
+    }
+    if let Some(rule) = &decision.rule {
+        imds.insert("policy".into(), json!({ "rule": rule }));
     }
     imds.insert(
         "path_category".into(),
@@ -365,6 +371,35 @@ pub fn summary(
     doc.into()
 }
 
+/// `policy-loaded` (a SIGHUP applied a new policy) or `policy-rejected`
+/// (the file is bad: the old policy stays in force, and this says why).
+pub fn policy_reload(
+    info: &RunInfo,
+    path: &std::path::Path,
+    result: Result<usize, String>,
+) -> Value {
+    let (action, kind) = match &result {
+        Ok(_) => ("policy-loaded", "event"),
+        Err(_) => ("policy-rejected", "alert"),
+    };
+    let mut doc = base(SystemTime::now(), action, kind, info);
+    let mut policy = Map::new();
+    policy.insert("path".into(), path.to_string_lossy().into_owned().into());
+    match result {
+        Ok(exceptions) => {
+            policy.insert("exceptions".into(), exceptions.into());
+        }
+        Err(reason) => {
+            doc.insert(
+                "message".into(),
+                format!("policy not reloaded, the previous one stays in force: {reason}").into(),
+            );
+        }
+    }
+    doc.insert("imds".into(), json!({ "policy": policy }));
+    doc.into()
+}
+
 /// `event.action: "monitor-started"`: the first line, once everything is attached.
 pub fn started(info: &RunInfo) -> Value {
     let mut doc = base(SystemTime::now(), "monitor-started", "event", info);
@@ -444,6 +479,15 @@ mod tests {
         }
     }
 
+    fn decide(req: &Request, mode: Mode) -> Decision {
+        mode.decide(
+            &crate::policy::model::Policy::default(),
+            req.class,
+            None,
+            false,
+        )
+    }
+
     fn request_of(class: RequestClass, method: &str, path: &str) -> Request {
         Request {
             time: UNIX_EPOCH + Duration::from_micros(1_795_000_000_123_456),
@@ -472,7 +516,13 @@ mod tests {
             "GET",
             "/latest/meta-data/iam/security-credentials/role",
         );
-        let doc = request(&req, &Sender::default(), "eth0", &info(Mode::Alert));
+        let doc = request(
+            &req,
+            &Sender::default(),
+            &decide(&req, Mode::Alert),
+            "eth0",
+            &info(Mode::Alert),
+        );
         assert_eq!(doc["event"]["kind"], "alert");
         assert_eq!(doc["event"]["action"], "imds-request");
         assert_eq!(doc["imds"]["class"], "v1_get");
@@ -497,11 +547,18 @@ mod tests {
     #[test]
     fn monitor_mode_never_alerts() {
         for class in RequestClass::ALL {
+            let req = request_of(class, "GET", "/");
+            let decision = decide(&req, Mode::Monitor);
             let doc = request(
-                &request_of(class, "GET", "/"),
+                &req,
                 &Sender::default(),
+                &decision,
                 "eth0",
                 &info(Mode::Monitor),
+            );
+            assert!(
+                doc["imds"].get("policy").is_none(),
+                "monitor mode names no rule"
             );
             assert_eq!(doc["event"]["kind"], "event", "{class:?}");
             assert_eq!(doc["imds"]["verdict"], "allowed");
@@ -512,7 +569,13 @@ mod tests {
     fn token_put_carries_ttl_and_invalid_carries_reason() {
         let mut put = request_of(RequestClass::V2TokenPut, "PUT", "/latest/api/token");
         put.token_ttl = Some(21600);
-        let doc = request(&put, &Sender::default(), "eth0", &info(Mode::Alert));
+        let doc = request(
+            &put,
+            &Sender::default(),
+            &decide(&put, Mode::Alert),
+            "eth0",
+            &info(Mode::Alert),
+        );
         assert_eq!(doc["imds"]["token_ttl_seconds"], 21600);
         assert_eq!(doc["imds"]["path_category"], "token");
         assert_eq!(doc["event"]["kind"], "event");
@@ -520,7 +583,13 @@ mod tests {
         let mut bad = request_of(RequestClass::Invalid, "PUT", "/latest/api/token");
         bad.reason = InvalidReason::ForwardedFor;
         bad.flags = flag::FORWARDED_FOR;
-        let doc = request(&bad, &Sender::default(), "eth0", &info(Mode::Alert));
+        let doc = request(
+            &bad,
+            &Sender::default(),
+            &decide(&bad, Mode::Alert),
+            "eth0",
+            &info(Mode::Alert),
+        );
         assert_eq!(doc["imds"]["invalid_reason"], "x_forwarded_for");
         assert_eq!(doc["imds"]["x_forwarded_for"], true);
     }
@@ -532,9 +601,11 @@ mod tests {
             "GET",
             "/latest/\"}\n{\"evil\":1\u{1b}[31m",
         );
+        let decision = decide(&req, Mode::Monitor);
         let line = serde_json::to_string(&request(
             &req,
             &Sender::default(),
+            &decision,
             "eth0",
             &info(Mode::Monitor),
         ))
@@ -575,6 +646,7 @@ mod tests {
                 cgroup_id: 42,
                 comm: "curl".into(),
                 method: "sequence",
+                exempt_rule: 0,
             }),
             process: Some(ProcessInfo {
                 pid: 300,
@@ -597,7 +669,13 @@ mod tests {
             partial: None,
         };
         let req = request_of(RequestClass::V1Get, "GET", "/");
-        let doc = request(&req, &sender, "eth0", &info(Mode::Alert));
+        let doc = request(
+            &req,
+            &sender,
+            &decide(&req, Mode::Alert),
+            "eth0",
+            &info(Mode::Alert),
+        );
         assert_eq!(doc["process"]["pid"], 300);
         assert_eq!(doc["process"]["thread"]["id"], 301);
         assert_eq!(doc["process"]["executable"], "/usr/bin/curl");
@@ -632,7 +710,13 @@ mod tests {
             partial: Some("connection_not_seen"),
             ..Sender::default()
         };
-        let doc = request(&req, &sender, "eth0", &info(Mode::Alert));
+        let doc = request(
+            &req,
+            &sender,
+            &decide(&req, Mode::Alert),
+            "eth0",
+            &info(Mode::Alert),
+        );
         assert_eq!(doc["imds"]["attribution"], "partial");
         assert_eq!(doc["imds"]["attribution_reason"], "connection_not_seen");
         assert!(doc.get("process").is_none());

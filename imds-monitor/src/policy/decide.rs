@@ -44,18 +44,32 @@ impl fmt::Display for RuleName<'_> {
 /// Exceptions only apply to requests the class actions would alert on or
 /// drop: an allowed request stays allowed, so a legacy agent that has since
 /// moved to IMDSv2 raises nothing. Among exceptions, the first in file order
-/// whose matchers all match wins.
+/// whose matchers all match wins. The kernel finds that exception itself
+/// (see `compile`); this is the reference the tests hold it to.
+#[cfg(test)]
 pub fn decide<'p>(
     policy: &'p Policy,
     class: RequestClass,
     facts: &WorkloadFacts<'_>,
 ) -> (Action, RuleName<'p>) {
+    let exception = policy
+        .exceptions
+        .iter()
+        .position(|e| e.matchers.iter().all(|m| m.matches(facts)));
+    decide_with_exception(policy, class, exception)
+}
+
+/// The decision when the kernel already found the sender's exception
+/// (`exception`: its index in the policy, from the event): the same rules
+/// as [`decide`], without re-matching facts userspace may see differently.
+pub fn decide_with_exception<'p>(
+    policy: &'p Policy,
+    class: RequestClass,
+    exception: Option<usize>,
+) -> (Action, RuleName<'p>) {
     let action = policy.action(class);
     if action != Action::Allow
-        && let Some(exception) = policy
-            .exceptions
-            .iter()
-            .find(|e| e.matchers.iter().all(|m| m.matches(facts)))
+        && let Some(exception) = exception.and_then(|i| policy.exceptions.get(i))
     {
         return (exception.action, RuleName::Exception(&exception.name));
     }

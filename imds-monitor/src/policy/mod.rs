@@ -6,8 +6,7 @@
 //! [`check`] is `imds-monitor policy check`.
 
 pub mod check;
-// Enforce mode, built next, is decide()'s first caller outside the tests.
-#[cfg_attr(not(test), expect(dead_code, reason = "enforce mode calls it"))]
+pub mod compile;
 pub mod decide;
 #[cfg(test)]
 mod file_tests;
@@ -16,10 +15,8 @@ pub mod parse;
 
 pub use check::{PolicyArgs, main};
 
-use imds_monitor_common::{
-    class::{RequestClass, Verdict},
-    config::action,
-};
+use imds_monitor_common::class::{RequestClass, Verdict};
+use model::{Action, Policy};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
@@ -41,60 +38,113 @@ impl Mode {
         }
     }
 
-    /// The kernel's action per class (`config::action`, indexed by class).
-    pub fn kernel_actions(self) -> [u8; 8] {
-        let mut actions = [action::PASS; 8];
-        if self == Self::Enforce {
-            actions[RequestClass::V1Get as usize] = action::DROP;
+    /// What an event says about a request. `exception` is the policy
+    /// exception the kernel found for its sender (index), `dropped` whether
+    /// the kernel dropped it. Monitor mode judges nothing.
+    pub fn decide(
+        self,
+        policy: &Policy,
+        class: RequestClass,
+        exception: Option<usize>,
+        dropped: bool,
+    ) -> Decision {
+        if self == Self::Monitor {
+            return Decision {
+                verdict: if dropped {
+                    Verdict::Dropped
+                } else {
+                    Verdict::Allowed
+                },
+                rule: None,
+                would_drop: false,
+            };
         }
-        actions
-    }
-
-    /// Alert mode marks what enforce mode would drop (a dry run).
-    pub fn would_drop(self, class: RequestClass) -> bool {
-        self == Self::Alert && Self::Enforce.kernel_actions()[class as usize] == action::DROP
-    }
-
-    /// The verdict for a request the kernel let through.
-    pub const fn verdict(self, class: RequestClass) -> Verdict {
-        match (self, class) {
-            (Self::Alert | Self::Enforce, RequestClass::V1Get) => Verdict::Alerted,
-            _ => Verdict::Allowed,
+        let (action, rule) = decide::decide_with_exception(policy, class, exception);
+        let verdict = match action {
+            _ if dropped => Verdict::Dropped,
+            Action::Allow => Verdict::Allowed,
+            // In enforce mode a request that should have been dropped but
+            // was not (its connection predates the monitor) is an alert.
+            Action::Alert | Action::Drop => Verdict::Alerted,
+        };
+        Decision {
+            verdict,
+            rule: Some(rule.to_string()),
+            would_drop: self == Self::Alert && action == Action::Drop,
         }
     }
+}
+
+/// The judgement on one request, for its event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub verdict: Verdict,
+    /// `imds.policy.rule`: which rule decided (not in monitor mode).
+    pub rule: Option<String>,
+    /// Alert mode: enforce mode would have dropped it.
+    pub would_drop: bool,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const EXCEPTIONS: &str = r#"
+[[exception]]
+name = "legacy"
+systemd_unit = "legacy.service"
+"#;
+
     #[test]
-    fn only_v1_alerts_and_only_in_alert_mode() {
+    fn default_policy_judges_v1_per_mode() {
+        let policy = Policy::default();
         for class in RequestClass::ALL {
-            assert_eq!(Mode::Monitor.verdict(class), Verdict::Allowed, "{class:?}");
-            let expected = if class == RequestClass::V1Get {
-                Verdict::Alerted
-            } else {
-                Verdict::Allowed
-            };
-            assert_eq!(Mode::Alert.verdict(class), expected, "{class:?}");
-            assert_eq!(Mode::Alert.would_drop(class), class == RequestClass::V1Get);
-            assert!(!Mode::Monitor.would_drop(class));
+            let v1 = class == RequestClass::V1Get;
+            let monitor = Mode::Monitor.decide(&policy, class, None, false);
+            assert_eq!(
+                (monitor.verdict, monitor.rule, monitor.would_drop),
+                (Verdict::Allowed, None, false)
+            );
+            let alert = Mode::Alert.decide(&policy, class, None, false);
+            assert_eq!(
+                alert.verdict,
+                if v1 {
+                    Verdict::Alerted
+                } else {
+                    Verdict::Allowed
+                }
+            );
+            assert_eq!(alert.would_drop, v1);
+            assert_eq!(alert.rule.as_deref(), Some("default"));
+            let enforce = Mode::Enforce.decide(&policy, class, None, v1);
+            assert_eq!(
+                enforce.verdict,
+                if v1 {
+                    Verdict::Dropped
+                } else {
+                    Verdict::Allowed
+                }
+            );
+            assert!(!enforce.would_drop);
         }
     }
 
     #[test]
-    fn only_enforce_drops_and_only_v1() {
-        for mode in [Mode::Monitor, Mode::Alert, Mode::Enforce] {
-            let actions = mode.kernel_actions();
-            for class in RequestClass::ALL {
-                let drops = mode == Mode::Enforce && class == RequestClass::V1Get;
-                assert_eq!(
-                    actions[class as usize] == action::DROP,
-                    drops,
-                    "{mode:?} {class:?}"
-                );
-            }
-        }
+    fn the_kernels_exception_names_the_rule() {
+        let policy = parse::parse(EXCEPTIONS).unwrap();
+        let d = Mode::Enforce.decide(&policy, RequestClass::V1Get, Some(0), false);
+        assert_eq!(
+            d.verdict,
+            Verdict::Alerted,
+            "the exception's default action is alert"
+        );
+        assert_eq!(d.rule.as_deref(), Some("exception:legacy"));
+        let d = Mode::Alert.decide(&policy, RequestClass::V1Get, Some(0), false);
+        assert!(!d.would_drop, "excepted: enforce would not drop it");
+        let v2 = Mode::Enforce.decide(&policy, RequestClass::V2Get, Some(0), false);
+        assert_eq!(
+            (v2.verdict, v2.rule.as_deref()),
+            (Verdict::Allowed, Some("default"))
+        );
     }
 }

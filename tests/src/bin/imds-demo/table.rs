@@ -1,7 +1,6 @@
 //! Turning the monitor's JSON lines into something a person reads at a glance.
 //!
-//! Everything here works on the events alone (`&[Value]`), so a future
-//! `report` subcommand can print the same table from an events file.
+//! Everything here works on the events alone (`&[Value]`).
 
 use serde_json::Value;
 
@@ -75,17 +74,6 @@ pub fn text(event: &Value, path: &str) -> String {
     }
 }
 
-/// `source.ip:port` (`[ip]:port` for IPv6).
-pub fn source(event: &Value) -> String {
-    let ip = text(event, "source.ip");
-    let port = text(event, "source.port");
-    if ip.contains(':') {
-        format!("[{ip}]:{port}")
-    } else {
-        format!("{ip}:{port}")
-    }
-}
-
 /// The path, its start cut off when longer than `max_chars` (the end of a
 /// path says more: the role name, the tag key).
 pub fn path(event: &Value, max_chars: usize) -> String {
@@ -114,38 +102,51 @@ pub fn class(event: &Value) -> String {
     }
 }
 
-/// Who sent the request, as the event says (`process.*`, `imds.workload`),
-/// e.g. `curl[4242] unit cloud-init.service`; `None` when the daemon does not
-/// attribute requests.
-pub fn sender(event: &Value) -> Option<String> {
-    let mut parts = Vec::new();
-    if let Some(name) = field(event, "process.name").and_then(Value::as_str) {
-        match field(event, "process.pid") {
-            Some(pid) => parts.push(format!("{name}[{pid}]")),
-            None => parts.push(name.to_owned()),
-        }
-    }
-    let kind = field(event, "imds.workload.kind").and_then(Value::as_str);
-    let id = field(event, "imds.workload.id").and_then(Value::as_str);
-    if let (Some(kind), Some(id)) = (kind, id) {
-        let id = match kind {
-            "container" => shorten(id, 12),
-            "pod" => shorten(id, 8),
-            "process" => id.rsplit('/').next().unwrap_or(id).to_owned(),
-            _ => id.to_owned(),
-        };
-        parts.push(format!("{kind} {id}"));
-    }
-    if parts.is_empty() {
-        return None;
-    }
+/// The workload an event names (`imds.workload`) as `(kind, id)`, ids whole.
+pub fn workload_key(event: &Value) -> Option<(String, String)> {
+    let kind = field(event, "imds.workload.kind").and_then(Value::as_str)?;
+    let id = field(event, "imds.workload.id").and_then(Value::as_str)?;
+    Some((kind.to_owned(), id.to_owned()))
+}
+
+/// A workload for people: `unit cloud-init.service`, `container 7aad6254aaa1`
+/// (12 digits, as `docker ps` and the report show them), a pod's UID cut to
+/// `id_chars` (0: whole), a process's executable by its file name.
+pub fn workload_name(kind: &str, id: &str, id_chars: usize) -> String {
+    let id = match kind {
+        "container" if id.len() == 64 && id.is_ascii() => id[..12].to_owned(),
+        "pod" if id_chars > 0 => shorten(id, id_chars),
+        "process" => id.rsplit('/').next().unwrap_or(id).to_owned(),
+        _ => id.to_owned(),
+    };
+    format!("{kind} {id}")
+}
+
+/// The workload an event names, for a table column; `-` when it names none.
+pub fn workload(event: &Value, id_chars: usize) -> String {
+    workload_key(event).map_or_else(
+        || "-".to_owned(),
+        |(kind, id)| workload_name(&kind, &id, id_chars),
+    )
+}
+
+/// The process an event names, e.g. `curl[4242]`, with why attribution is
+/// partial when it is; `-` when it names none.
+pub fn process(event: &Value) -> String {
+    let mut out = match field(event, "process.name").and_then(Value::as_str) {
+        Some(name) => match field(event, "process.pid") {
+            Some(pid) => format!("{name}[{pid}]"),
+            None => name.to_owned(),
+        },
+        None => "-".to_owned(),
+    };
     if text(event, "imds.attribution") == "partial" {
-        parts.push(format!(
-            "(partial: {})",
+        out.push_str(&format!(
+            " (partial: {})",
             text(event, "imds.attribution_reason")
         ));
     }
-    Some(parts.join(" "))
+    out
 }
 
 fn shorten(id: &str, chars: usize) -> String {
@@ -271,27 +272,31 @@ mod tests {
         assert_eq!(path(&e, 60), "/computeMetadata/v1/instance/id");
         assert_eq!(path(&e, 10), "\u{2026}stance/id");
         assert_eq!(class(&e), "- (gcp)");
-        assert_eq!(source(&e), "[fd00::1]:80");
         assert_eq!(verdict(&e), "allowed");
     }
 
     #[test]
-    fn sender_names_process_and_workload() {
+    fn senders_are_named_by_workload_and_process() {
+        let id = "ab".repeat(32);
         let e = json!({"process": {"name": "curl", "pid": 42},
             "imds": {"attribution": "full",
-                     "workload": {"kind": "container", "id": "ab".repeat(32)}}});
-        assert_eq!(
-            sender(&e).unwrap(),
-            "curl[42] container abababababab\u{2026}"
-        );
+                     "workload": {"kind": "container", "id": id}}});
+        assert_eq!(workload(&e, 8), "container abababababab");
+        assert_eq!(workload_key(&e), Some(("container".to_owned(), id)));
+        assert_eq!(process(&e), "curl[42]");
         let e = json!({"process": {"name": "agent", "pid": 7},
             "imds": {"attribution": "partial", "attribution_reason": "cgroup_removed",
                      "workload": {"kind": "process", "id": "/usr/bin/agent"}}});
+        assert_eq!(workload(&e, 8), "process agent");
+        assert_eq!(process(&e), "agent[7] (partial: cgroup_removed)");
+        let pod = "0b7e2f5a-1c3d-4e5f-8a9b-0c1d2e3f4a5b";
+        assert_eq!(workload_name("pod", pod, 8), "pod 0b7e2f5a\u{2026}");
+        assert_eq!(workload_name("pod", pod, 0), format!("pod {pod}"));
+        let none = json!({"imds": {"class": "v1_get"}});
         assert_eq!(
-            sender(&e).unwrap(),
-            "agent[7] process agent (partial: cgroup_removed)"
+            (workload(&none, 8), process(&none)),
+            ("-".into(), "-".into())
         );
-        assert_eq!(sender(&json!({"imds": {"class": "v1_get"}})), None);
     }
 
     #[test]

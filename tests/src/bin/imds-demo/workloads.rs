@@ -3,8 +3,9 @@
 //!
 //! Every workload runs inside the sandbox (`Sandbox::command`, `curl`,
 //! `imds_client`), never in this machine's own network namespace, and every
-//! request is bounded by a timeout. To add one, append to [`workloads`]; the
-//! table, the checks and the summary pick it up.
+//! request is bounded by a timeout. To add one, append to [`workloads`] (or
+//! to [`v2_only_trial`], which runs under `HttpTokens=required`); the tables,
+//! the checks and the summary pick it up.
 
 use std::time::Instant;
 
@@ -31,7 +32,7 @@ pub fn containers() -> Vec<ContainerSpec> {
 
 /// One workload of the story.
 pub struct Workload {
-    /// Short name for tables ("ran by" column, summary).
+    /// Short name, for the checks and the summary.
     pub label: &'static str,
     /// Heading when it is announced.
     pub title: &'static str,
@@ -41,6 +42,9 @@ pub struct Workload {
     pub story: &'static str,
     /// Classes of the requests it makes, in order (`imds.class`).
     pub expect: &'static [&'static str],
+    /// The diagnostics the monitor must raise for it (`event.action`, once
+    /// per alert, any order): no more, no fewer.
+    pub diagnostics: &'static [&'static str],
     /// Runs it and narrates what it did and saw.
     pub run: fn(&Sandbox, &Place, &mut Narrator) -> Result<()>,
 }
@@ -54,6 +58,8 @@ pub fn workloads() -> Vec<Workload> {
             story: "The launch template's UserData is a shell script written years ago: it\n\
                     reads the instance id and the role name with plain curl (IMDSv1).",
             expect: &["v1_get", "v1_get"],
+            // Listing the role names is a credentials path too.
+            diagnostics: &[CREDENTIALS_V1],
             run: user_data_script,
         },
         Workload {
@@ -63,6 +69,7 @@ pub fn workloads() -> Vec<Workload> {
             story: "A current agent: it PUTs for a session token, then reads with the token\n\
                     (IMDSv2). Header names in lower case, as the Go SDK sends them.",
             expect: &["v2_token_put", "v2_get"],
+            diagnostics: &[],
             run: v2_agent,
         },
         Workload {
@@ -72,6 +79,7 @@ pub fn workloads() -> Vec<Workload> {
             story: "An app in a container fetches the instance role's credentials with\n\
                     IMDSv1; its packets are routed and masqueraded by the host.",
             expect: &["v1_get", "v1_get"],
+            diagnostics: &[CREDENTIALS_V1, CREDENTIALS_V1],
             run: docker_app,
         },
         Workload {
@@ -83,6 +91,7 @@ pub fn workloads() -> Vec<Workload> {
                     behind the host: the token response dies on the way, and the SDK\n\
                     silently falls back to IMDSv1.",
             expect: &["v2_token_put", "v1_get", "v1_get"],
+            diagnostics: &[HOP_LIMIT, V1_FALLBACK, CREDENTIALS_V1, CREDENTIALS_V1],
             run: sdk_fallback,
         },
         Workload {
@@ -92,10 +101,32 @@ pub fn workloads() -> Vec<Workload> {
             story: "A tool that asks the same address whether it runs on GCP\n\
                     (Metadata-Flavor: Google). That is not IMDSv1 use and must not alert.",
             expect: &["other_cloud"],
+            diagnostics: &[],
             run: gcp_probe,
         },
     ]
 }
+
+/// What runs while the instance requires IMDSv2 (the demo flips the mock to
+/// `HttpTokens=required` around it).
+pub fn v2_only_trial() -> Vec<Workload> {
+    vec![Workload {
+        label: "cloud-init, v2 only",
+        title: "The UserData script runs again (a per-boot script, or a reboot)",
+        place: Place::service("cloud-init"),
+        story: "Same script, same plain curl. IMDS now answers every read without a\n\
+                token with \"401 - Unauthorized\".",
+        expect: &["v1_get", "v1_get"],
+        diagnostics: &[CREDENTIALS_V1, V1_REJECTED, V1_REJECTED],
+        run: user_data_rejected,
+    }]
+}
+
+/// The diagnostics' `event.action`s.
+pub const V1_REJECTED: &str = "imds-v1-rejected";
+pub const HOP_LIMIT: &str = "imds-hop-limit";
+pub const V1_FALLBACK: &str = "imds-v1-fallback";
+pub const CREDENTIALS_V1: &str = "imds-credentials-v1";
 
 /// What a command line looks like in the narration.
 fn show(out: &mut Narrator, args: &[&str]) {
@@ -109,7 +140,7 @@ fn show(out: &mut Narrator, args: &[&str]) {
             }
         })
         .collect();
-    out.quote("$", &shown.join(" "));
+    out.command(&shown.join(" "));
 }
 
 /// A curl request from `place`; returns the body after checking the status.
@@ -196,6 +227,44 @@ fn user_data_script(sb: &Sandbox, place: &Place, out: &mut Narrator) -> Result<(
         String::from_utf8_lossy(&output.stderr).trim()
     );
     Ok(())
+}
+
+/// The UserData script while IMDS requires a token: both reads get 401.
+fn user_data_rejected(sb: &Sandbox, place: &Place, out: &mut Narrator) -> Result<()> {
+    out.quote("|", "(the same script)");
+    let before = sb.imds_log().len();
+    let output = sb
+        .command(place, "sh")?
+        .args(["-c", USER_DATA])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .context("cannot run the UserData script")?;
+    let log = sb.imds_log();
+    let statuses: Vec<u16> = log.iter().skip(before).map(|r| r.status).collect();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    out.detail(&format!(
+        "-> IMDS answered {} to its reads; curl -s hides that, and the script printed:",
+        describe_statuses(&statuses)
+    ));
+    out.quote(
+        "  >",
+        &format!("{} ...", stdout.lines().next().unwrap_or("").trim()),
+    );
+    out.detail("   (the 401 page, about to become a tag value: the script is broken)");
+    ensure!(
+        statuses == [401, 401],
+        "the UserData script's reads were expected to get 401 twice, IMDS answered {statuses:?}"
+    );
+    Ok(())
+}
+
+/// `401 - Unauthorized` when every status is 401, else the list.
+fn describe_statuses(statuses: &[u16]) -> String {
+    if !statuses.is_empty() && statuses.iter().all(|s| *s == 401) {
+        "401 - Unauthorized".to_owned()
+    } else {
+        format!("{statuses:?}")
+    }
 }
 
 fn v2_agent(sb: &Sandbox, place: &Place, out: &mut Narrator) -> Result<()> {
