@@ -48,6 +48,8 @@ pub enum Command {
     Report(crate::report::ReportArgs),
     /// Check that this host can run the monitor, and say how to fix what is missing
     Check(crate::check::CheckArgs),
+    /// Remove enforcement left in place by `run --mode enforce --persist` (or a killed daemon)
+    Detach(DetachArgs),
     /// Work with enforce-mode policy files (docs/policy.md)
     Policy(crate::policy::PolicyArgs),
 }
@@ -71,6 +73,17 @@ pub struct RunArgs {
     /// the old policy. Without it, enforce drops every IMDSv1 request
     #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
+
+    /// Enforce mode: on SIGINT/SIGTERM leave the programs attached (pinned in
+    /// bpffs), so IMDSv1 stays blocked with no daemon; `imds-monitor detach`
+    /// removes it. Enforcement always survives SIGKILL; a restarted daemon
+    /// adopts it with no gap
+    #[arg(long)]
+    pub persist: bool,
+
+    /// bpffs directory for enforce mode's pinned maps and links
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR, hide = true)]
+    pub pin_dir: PathBuf,
 
     /// Where to write events: `-` for stdout, or a file (appended, rotated by size,
     /// reopened on SIGHUP for logrotate)
@@ -116,6 +129,16 @@ fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
         return Err(format!("`{s}` is shorter than 1s"));
     }
     Ok(d)
+}
+
+/// Where enforce mode pins its state.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/imds-monitor";
+
+#[derive(Debug, Args)]
+pub struct DetachArgs {
+    /// bpffs directory of the pinned maps and links
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR, hide = true)]
+    pub pin_dir: PathBuf,
 }
 
 impl RunArgs {

@@ -11,8 +11,11 @@ use aya::{
         CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, SockOps, TcAttachType,
         TracePoint,
         cgroup_sock_addr::CgroupSockAddrLinkId,
+        links::{FdLink, PinnedLink},
         sock_ops::SockOpsLinkId,
-        tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions, TcError},
+        tc::{
+            self, NlOptions, SchedClassifierLink, SchedClassifierLinkId, TcAttachOptions, TcError,
+        },
         trace_point::TracePointLinkId,
     },
     util::KernelVersion,
@@ -62,12 +65,125 @@ enum Attachment {
     Connect(&'static str, CgroupSockAddrLinkId),
     SockOps(SockOpsLinkId),
     TracePoint(&'static str, TracePointLinkId),
+    /// Pinned in bpffs (enforce mode): stays attached if the daemon dies.
+    Pinned(String, PinnedLink),
+}
+
+/// Maps whose state enforcement needs across a daemon's restart: the flows
+/// being judged, owners, the policy, the actions, and the event queue.
+const PINNED_MAPS: [&str; 14] = [
+    "FLOWS",
+    "EVENTS",
+    "STATS",
+    "ACTIONS",
+    "CONNECTS",
+    "BY_SEQUENCE",
+    "EXEMPT_CGROUPS",
+    "EXEMPT_PATHS",
+    "EXEMPT_LEAVES",
+    "EXEMPT_CONTAINERS",
+    "EXEMPT_EXECS",
+    "PROC_EXEMPT",
+    "EXCEPTION_NEEDS",
+    "PENDING_EXECS",
+];
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Where enforce mode pins maps and links (`--pin-dir`, in bpffs).
+#[derive(Clone, Debug)]
+pub struct Pins {
+    pub dir: std::path::PathBuf,
+}
+
+impl Pins {
+    /// The pin directory, mounting bpffs at its parent if it is not one.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let parent = dir.parent().context("--pin-dir has no parent directory")?;
+        let is_bpffs = nix::sys::statfs::statfs(parent)
+            .is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC);
+        if !is_bpffs {
+            fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+            nix::mount::mount(
+                Some("bpf"),
+                parent,
+                Some("bpf"),
+                nix::mount::MsFlags::empty(),
+                None::<&str>,
+            )
+            .with_context(|| format!("mounting bpffs at {}", parent.display()))?;
+            log::info!("mounted bpffs at {}", parent.display());
+        }
+        for sub in ["maps", "links"] {
+            fs::create_dir_all(dir.join(sub))
+                .with_context(|| format!("creating {}", dir.display()))?;
+        }
+        Ok(Self {
+            dir: dir.to_owned(),
+        })
+    }
+
+    fn map(&self, name: &str) -> std::path::PathBuf {
+        self.dir.join("maps").join(name)
+    }
+
+    fn link(&self, name: &str) -> std::path::PathBuf {
+        self.dir.join("links").join(name)
+    }
+
+    /// Links pinned by a daemon that is gone: enforcement this start adopts.
+    pub fn has_links(&self) -> bool {
+        fs::read_dir(self.dir.join("links")).is_ok_and(|mut d| d.next().is_some())
+    }
+
+    /// Detaches every pinned link and removes the maps: enforcement ends.
+    pub fn remove(&self) -> Result<Vec<String>> {
+        let mut removed = Vec::new();
+        if let Ok(links) = fs::read_dir(self.dir.join("links")) {
+            for entry in links.flatten() {
+                let path = entry.path();
+                // Unpinning drops the last reference: the link detaches.
+                if let Ok(link) = PinnedLink::from_pin(&path) {
+                    link.unpin()
+                        .with_context(|| format!("unpinning {}", path.display()))?;
+                } else {
+                    fs::remove_file(&path)
+                        .with_context(|| format!("removing {}", path.display()))?;
+                }
+                removed.push(format!("link {}", entry.file_name().to_string_lossy()));
+            }
+        }
+        if let Ok(maps) = fs::read_dir(self.dir.join("maps")) {
+            for entry in maps.flatten() {
+                fs::remove_file(entry.path())
+                    .with_context(|| format!("removing {}", entry.path().display()))?;
+                removed.push(format!("map {}", entry.file_name().to_string_lossy()));
+            }
+        }
+        let _ = fs::remove_dir(self.dir.join("links"));
+        let _ = fs::remove_dir(self.dir.join("maps"));
+        let _ = fs::remove_dir(&self.dir);
+        Ok(removed)
+    }
+}
+
+/// Pins `link` at `path`, replacing a pin left there.
+fn pin(link: FdLink, path: &Path) -> Result<PinnedLink> {
+    if path.exists() {
+        fs::remove_file(path).with_context(|| format!("replacing {}", path.display()))?;
+    }
+    link.pin(path)
+        .map_err(|e| anyhow!("pinning {}: {e}", path.display()))
 }
 
 pub struct Kernel {
     ebpf: Ebpf,
     attachments: Vec<Attachment>,
     pub method: &'static str,
+    /// Enforce mode: maps and links are pinned here.
+    pins: Option<Pins>,
+    /// On stop, leave pinned enforcement in place (`--persist`).
+    pub persist: bool,
 }
 
 /// What the programs need to know before they are loaded.
@@ -75,6 +191,8 @@ pub struct LoadOptions<'a> {
     pub endpoints: &'a Endpoints,
     /// `--cgroup`: the followed subtree; `None` for the whole hierarchy.
     pub watched: Option<&'a Subtree>,
+    /// Enforce mode: pin maps and links (and adopt pinned ones).
+    pub pins: Option<Pins>,
 }
 
 impl Kernel {
@@ -84,7 +202,14 @@ impl Kernel {
         let child_pid_offset = fork_child_pid_offset(&tracefs)?;
         let (mkdir_id, mkdir_path) = mkdir_offsets(&tracefs)?;
         let (cgroup_id, cgroup_level) = options.watched.map_or((0, 0), |w| (w.id, w.level));
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        if let Some(pins) = &options.pins {
+            // An existing pin is reused: a restarted daemon keeps the state.
+            for name in PINNED_MAPS {
+                loader.map_pin_path(name, pins.map(name));
+            }
+        }
+        let mut ebpf = loader
             .override_global("ENDPOINTS", options.endpoints, true)
             .override_global("FORK_CHILD_PID_OFFSET", &child_pid_offset, true)
             .override_global("WATCHED_CGROUP_ID", &cgroup_id, true)
@@ -111,6 +236,8 @@ impl Kernel {
             ebpf,
             attachments: Vec::new(),
             method: "",
+            pins: options.pins.clone(),
+            persist: false,
         })
     }
 
@@ -122,17 +249,45 @@ impl Kernel {
         let cgroup = fs::File::open(cgroup_dir)
             .with_context(|| format!("opening cgroup {}", cgroup_dir.display()))?;
         for name in CONNECT_HOOKS {
+            // A pinned predecessor stays attached until the new link is in:
+            // both write the same (pinned) maps meanwhile.
+            let old = self
+                .pins
+                .as_ref()
+                .and_then(|p| PinnedLink::from_pin(p.link(name)).ok());
             let hook: &mut CgroupSockAddr = program(&mut self.ebpf, name)?.try_into()?;
             let link = hook
                 .attach(&cgroup, CgroupAttachMode::Single)
                 .with_context(|| format!("attaching {name} to {}", cgroup_dir.display()))?;
-            self.attachments.push(Attachment::Connect(name, link));
+            match &self.pins {
+                Some(pins) => {
+                    let fd = FdLink::try_from(hook.take_link(link)?)?;
+                    let pinned = pin(fd, &pins.link(name))?;
+                    drop(old);
+                    self.attachments
+                        .push(Attachment::Pinned(name.to_owned(), pinned));
+                }
+                None => self.attachments.push(Attachment::Connect(name, link)),
+            }
         }
+        let old = self
+            .pins
+            .as_ref()
+            .and_then(|p| PinnedLink::from_pin(p.link(SOCKOPS)).ok());
         let sockops: &mut SockOps = program(&mut self.ebpf, SOCKOPS)?.try_into()?;
         let link = sockops
             .attach(&cgroup, CgroupAttachMode::Single)
             .with_context(|| format!("attaching {SOCKOPS} to {}", cgroup_dir.display()))?;
-        self.attachments.push(Attachment::SockOps(link));
+        match &self.pins {
+            Some(pins) => {
+                let fd = FdLink::try_from(sockops.take_link(link)?)?;
+                let pinned = pin(fd, &pins.link(SOCKOPS))?;
+                drop(old);
+                self.attachments
+                    .push(Attachment::Pinned(SOCKOPS.to_owned(), pinned));
+            }
+            None => self.attachments.push(Attachment::SockOps(link)),
+        }
         for (name, category, event) in TRACEPOINTS {
             let tp: &mut TracePoint = program(&mut self.ebpf, name)?.try_into()?;
             let link = tp
@@ -189,22 +344,46 @@ impl Kernel {
                 }
             }
         }
+        let pin_name = format!("{name}-{iface}");
+        let pins = if tcx { self.pins.clone() } else { None };
         let program: &mut SchedClassifier = program(&mut self.ebpf, name)?.try_into()?;
-        let options = if tcx {
-            TcAttachOptions::TcxOrder(LinkOrder::default())
-        } else {
-            TcAttachOptions::Netlink(NlOptions::default())
+        let pinned_link = pins
+            .as_ref()
+            .and_then(|p| PinnedLink::from_pin(p.link(&pin_name)).ok());
+        let link = match pinned_link {
+            // A predecessor's link: swap the program in place, with no
+            // moment without a classifier on the interface.
+            Some(old) => {
+                let link = SchedClassifierLink::try_from(FdLink::from(old))?;
+                program
+                    .attach_to_link(link)
+                    .with_context(|| format!("adopting the pinned {pin_name} link"))?
+            }
+            None => {
+                let options = if tcx {
+                    TcAttachOptions::TcxOrder(LinkOrder::default())
+                } else {
+                    TcAttachOptions::Netlink(NlOptions::default())
+                };
+                program
+                    .attach_with_options(iface, direction, options)
+                    .with_context(|| format!("attaching {name} to {iface} ({direction:?})"))?
+            }
         };
-        let link = program
-            .attach_with_options(iface, direction, options)
-            .with_context(|| format!("attaching {name} to {iface} ({direction:?})"))?;
         self.method = if tcx { "tcx" } else { "netlink" };
-        self.attachments.push(Attachment::Tc {
-            program: name,
-            iface: iface.to_owned(),
-            link,
-            added_clsact,
-        });
+        match pins {
+            Some(pins) => {
+                let fd = FdLink::try_from(program.take_link(link)?)?;
+                let pinned = pin(fd, &pins.link(&pin_name))?;
+                self.attachments.push(Attachment::Pinned(pin_name, pinned));
+            }
+            None => self.attachments.push(Attachment::Tc {
+                program: name,
+                iface: iface.to_owned(),
+                link,
+                added_clsact,
+            }),
+        }
         Ok(())
     }
 
@@ -213,6 +392,10 @@ impl Kernel {
         self.attachments
             .iter()
             .filter_map(|a| match a {
+                Attachment::Pinned(name, _) => name
+                    .strip_prefix(CLASSIFIER)
+                    .and_then(|rest| rest.strip_prefix('-'))
+                    .map(str::to_owned),
                 Attachment::Tc { program, iface, .. } if *program == CLASSIFIER => {
                     Some(iface.clone())
                 }
@@ -291,6 +474,12 @@ impl Kernel {
                 log::warn!("{e:#}");
             }
         }
+        if let Some(pins) = &self.pins
+            && !self.persist
+            && let Err(e) = pins.remove()
+        {
+            log::warn!("removing {}: {e:#}", pins.dir.display());
+        }
     }
 
     fn detach(&mut self, attachment: Attachment) -> Result<()> {
@@ -320,6 +509,14 @@ impl Kernel {
                 sockops
                     .detach(link)
                     .with_context(|| format!("detaching {SOCKOPS}"))
+            }
+            // --persist keeps it attached through its pin; otherwise the
+            // pin goes and, with it, the last reference to the link.
+            Attachment::Pinned(name, link) => {
+                if !self.persist {
+                    link.unpin().with_context(|| format!("unpinning {name}"))?;
+                }
+                Ok(())
             }
             Attachment::TracePoint(name, link) => {
                 let tp: &mut TracePoint = program(&mut self.ebpf, name)?.try_into()?;

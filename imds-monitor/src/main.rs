@@ -33,6 +33,7 @@ fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let result = match cli.command {
         cli::Command::Run(args) => run::run(args),
+        cli::Command::Detach(args) => run::detach(&args.pin_dir),
         // These choose their own exit codes (documented in their --help).
         cli::Command::Report(args) => return report::main(args),
         cli::Command::Check(args) => return check::main(args),

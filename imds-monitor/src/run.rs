@@ -21,7 +21,7 @@ use crate::{
     enrich::Enricher,
     event::{self, Record, Response},
     interfaces::{self, NameCache},
-    kernel::{Kernel, LoadOptions},
+    kernel::{Kernel, LoadOptions, Pins},
     output::{
         ecs::{self, RunInfo},
         sink::{Rotation, Sink},
@@ -50,6 +50,9 @@ async fn run_until_signal(args: RunArgs) -> Result<()> {
     };
     let table = endpoints::to_kernel(&endpoints)?;
     let ifaces = interfaces::choose(&args.ifaces, &endpoints)?;
+    if args.persist && args.mode != Mode::Enforce {
+        bail!("--persist keeps enforcement in place: it needs --mode enforce");
+    }
     if args.policy.is_some() && args.mode == Mode::Monitor {
         bail!("--policy needs --mode enforce (drop as it says) or --mode alert (a dry run)");
     }
@@ -71,10 +74,25 @@ async fn run_until_signal(args: RunArgs) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sighup = signal(SignalKind::hangup())?;
 
+    // Enforce mode pins its state, and adopts what a killed predecessor left.
+    let pins = if args.mode == Mode::Enforce {
+        Some(Pins::open(&args.pin_dir)?)
+    } else {
+        None
+    };
+    let adopted = pins.as_ref().is_some_and(Pins::has_links);
     let mut kernel = Kernel::load(&LoadOptions {
         endpoints: &table,
         watched: args.cgroup.is_some().then_some(&watched),
+        pins: pins.clone(),
     })?;
+    kernel.persist = args.persist;
+    if adopted {
+        log::info!(
+            "adopting the enforcement pinned in {}",
+            args.pin_dir.display()
+        );
+    }
     // The policy before attaching: no request is judged without it.
     kernel.apply_policy(&compile(&policy, args.mode, &cgroup_root)?)?;
     // Attribution first: every connection made once requests are watched has an owner.
@@ -99,6 +117,7 @@ async fn run_until_signal(args: RunArgs) -> Result<()> {
         endpoints,
         attach_method: kernel.method,
         cgroup: watched.path.clone(),
+        pinned: pins.map(|p| (p.dir, adopted)),
     };
     // Seeded after the tracepoints are attached: no process falls in between.
     let processes = ProcessCache::seeded();
@@ -176,6 +195,25 @@ async fn run_until_signal(args: RunArgs) -> Result<()> {
         writer.enricher.partial_count,
     ))?;
     log::info!("detached from {}", info.interfaces.join(", "));
+    Ok(())
+}
+
+/// `imds-monitor detach`: ends enforcement left pinned by `--persist` or a
+/// killed daemon.
+pub fn detach(pin_dir: &Path) -> Result<()> {
+    if !pin_dir.exists() {
+        println!("nothing to detach: {} does not exist", pin_dir.display());
+        return Ok(());
+    }
+    let removed = Pins {
+        dir: pin_dir.to_owned(),
+    }
+    .remove()?;
+    if removed.is_empty() {
+        println!("nothing to detach in {}", pin_dir.display());
+    } else {
+        println!("detached: {}", removed.join(", "));
+    }
     Ok(())
 }
 

@@ -41,7 +41,7 @@ mod util;
 pub use cgroup::{Cgroup, cgroup_of_pid, cgroup2_mount};
 pub use client::imds_client_bin;
 pub use mock_imds::{ImdsConfig, ImdsRequest, IpVersion, MockImds};
-pub use monitor::{Monitor, Stopped, action, imds_monitor_bin};
+pub use monitor::{Monitor, PinsGuard, Stopped, action, imds_monitor_bin, pin_dir};
 pub use netns::NetNs;
 pub use sandbox::{
     CGROUP_PREFIX, ClientOutput, Container, ContainerSpec, CurlOutput, NETNS_PREFIX, PodQos,

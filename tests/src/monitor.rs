@@ -56,11 +56,44 @@ struct Output {
     closed: bool,
 }
 
-/// A running daemon. Dropping it kills the process.
+/// A running daemon. Dropping it kills the process and removes enforcement
+/// it pinned (unless it was [`Monitor::kill`]ed: then a restart adopts it,
+/// and a [`PinsGuard`] removes it).
 pub struct Monitor {
     child: Child,
     output: Arc<(Mutex<Output>, Condvar)>,
     stderr: Arc<Mutex<String>>,
+    pin_dir: Option<PathBuf>,
+}
+
+/// The bpffs directory enforce mode pins to, one per sandbox so parallel
+/// tests never share state.
+pub fn pin_dir(sandbox: &Sandbox) -> PathBuf {
+    PathBuf::from(format!("/sys/fs/bpf/imds-sandbox-{}", sandbox.id()))
+}
+
+/// Removes pinned enforcement (`imds-monitor detach`) when dropped, also
+/// when a test fails after killing a daemon.
+pub struct PinsGuard(pub PathBuf);
+
+impl Drop for PinsGuard {
+    fn drop(&mut self) {
+        detach(&self.0);
+    }
+}
+
+fn detach(dir: &std::path::Path) {
+    if !dir.exists() {
+        return;
+    }
+    if let Ok(bin) = imds_monitor_bin() {
+        let _ = std::process::Command::new(bin)
+            .arg("detach")
+            .arg("--pin-dir")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .status();
+    }
 }
 
 /// What a stopped daemon left.
@@ -113,15 +146,22 @@ impl Monitor {
     /// where stdout stays empty).
     pub fn spawn(sandbox: &Sandbox, place: &Place, args: &[&str]) -> Result<Self> {
         let mut cmd = sandbox.command(place, imds_monitor_bin()?)?;
-        cmd.arg("run")
-            .args(args)
-            .env(
-                "RUST_LOG",
-                std::env::var("IMDS_MONITOR_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        let enforce = args.windows(2).any(|w| w == ["--mode", "enforce"]);
+        let pin_dir = (enforce && !args.contains(&"--pin-dir")).then(|| pin_dir(sandbox));
+        cmd.arg("run").args(args);
+        if let Some(dir) = &pin_dir {
+            cmd.arg("--pin-dir").arg(dir);
+        }
+        // With --persist the pins outlive this daemon on purpose: the test's
+        // PinsGuard (or its own `detach`) removes them.
+        let pin_dir = pin_dir.filter(|_| !args.contains(&"--persist"));
+        cmd.env(
+            "RUST_LOG",
+            std::env::var("IMDS_MONITOR_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
         let mut child = cmd.spawn().context("spawning imds-monitor")?;
         let output = Arc::new((Mutex::new(Output::default()), Condvar::new()));
         let stdout = child.stdout.take().expect("piped stdout");
@@ -160,6 +200,7 @@ impl Monitor {
             child,
             output,
             stderr,
+            pin_dir,
         })
     }
 
@@ -272,6 +313,7 @@ impl Monitor {
 
     /// SIGKILL, as an OOM killer or `kill -9` would: no cleanup runs.
     pub fn kill(mut self) -> Result<ExitStatus> {
+        self.pin_dir = None;
         self.child.kill()?;
         Ok(self.child.wait()?)
     }
@@ -286,6 +328,9 @@ impl Drop for Monitor {
         if let Ok(None) = self.child.try_wait() {
             let _ = self.child.kill();
             let _ = self.child.wait();
+        }
+        if let Some(dir) = &self.pin_dir {
+            detach(dir);
         }
     }
 }

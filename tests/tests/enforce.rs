@@ -283,3 +283,85 @@ executable = "{python}"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn enforcement_survives_sigkill_and_a_restart_adopts_it() {
+    let sb = Sandbox::builder().hop_limit(2).build().expect("sandbox");
+    let _cleanup = imds_sandbox::PinsGuard(imds_sandbox::pin_dir(&sb));
+    let first = Monitor::start(&sb, &["--mode", "enforce"]).expect("monitor");
+    let url = "http://169.254.169.254/latest/meta-data/iam/security-credentials/";
+    let looper = Place::service("looper");
+    // A client asking over IMDSv1 every 50 ms, through the kill and the restart.
+    let results = std::thread::scope(|scope| {
+        let client = scope.spawn(|| {
+            (0..30)
+                .map(|_| {
+                    let out = sb.curl(&looper, &["--max-time", "3", url]).expect("curl");
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                    out.exit_code
+                })
+                .collect::<Vec<_>>()
+        });
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert!(!first.kill().expect("SIGKILL").success());
+        // No daemon for a while: the pinned programs keep enforcing.
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let second = Monitor::start(&sb, &["--mode", "enforce"]).expect("restart");
+        assert_eq!(
+            second.started_event()["imds"]["enforcement"]["adopted"],
+            true
+        );
+        let codes = client.join().expect("client");
+        let stopped = second.stop().expect("stop");
+        assert!(stopped.status.success(), "{}", stopped.stderr);
+        let reported = stopped
+            .requests()
+            .iter()
+            .filter(|r| r["imds"]["verdict"] == "dropped")
+            .count();
+        assert!(reported > 0, "the restarted daemon reports again");
+        codes
+    });
+    assert_eq!(results.len(), 30);
+    assert!(
+        results.iter().all(|c| *c == Some(CURL_RECV_ERROR)),
+        "every request reset, none answered, none hanging: {results:?}"
+    );
+    assert!(
+        sb.imds_log().iter().all(|r| r.method != "GET"),
+        "no IMDSv1 request reached IMDS: {:#?}",
+        sb.imds_log()
+    );
+    // A clean stop (no --persist) removes enforcement.
+    assert_eq!(sb.curl(&looper, &[url]).unwrap().status, Some(200));
+    assert!(!imds_sandbox::pin_dir(&sb).exists());
+}
+
+#[test]
+fn persist_keeps_enforcement_until_detach() {
+    let sb = Sandbox::builder().hop_limit(2).build().expect("sandbox");
+    let _cleanup = imds_sandbox::PinsGuard(imds_sandbox::pin_dir(&sb));
+    let url = "http://169.254.169.254/latest/meta-data/instance-id";
+    let place = Place::service("legacy");
+    let monitor = Monitor::start(&sb, &["--mode", "enforce", "--persist"]).expect("monitor");
+    let stopped = monitor.stop_with(libc::SIGTERM).expect("stop");
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+    assert_v1_blocked(&sb, &place, url);
+    let dir = imds_sandbox::pin_dir(&sb);
+    let out = std::process::Command::new(imds_sandbox::imds_monitor_bin().unwrap())
+        .args(["detach", "--pin-dir"])
+        .arg(&dir)
+        .output()
+        .expect("detach");
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("detached: link"),
+        "{out:?}"
+    );
+    assert_eq!(
+        sb.curl(&place, &[url]).unwrap().status,
+        Some(200),
+        "enforcement gone"
+    );
+    assert!(!dir.exists());
+}

@@ -227,6 +227,7 @@ pub fn load_programs(list: &[SocketAddr]) -> ProgramLoad {
     match Kernel::load(&LoadOptions {
         endpoints: &table,
         watched: None,
+        pins: None,
     }) {
         Ok(kernel) => {
             drop(kernel);

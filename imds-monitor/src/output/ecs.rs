@@ -34,6 +34,9 @@ pub struct RunInfo {
     pub attach_method: &'static str,
     /// cgroup v2 subtree whose processes are attributed.
     pub cgroup: String,
+    /// Enforce mode: the bpffs directory, and whether a predecessor's
+    /// pinned enforcement was adopted.
+    pub pinned: Option<(std::path::PathBuf, bool)>,
 }
 
 fn timestamp(t: SystemTime) -> String {
@@ -417,6 +420,15 @@ pub fn started(info: &RunInfo) -> Value {
         "service".into(),
         json!({ "name": "imds-monitor", "version": env!("CARGO_PKG_VERSION") }),
     );
+    if let Some((dir, adopted)) = &info.pinned {
+        doc["imds"]
+            .as_object_mut()
+            .expect("imds is an object")
+            .insert(
+                "enforcement".into(),
+                json!({ "pin_dir": dir.to_string_lossy(), "adopted": adopted }),
+            );
+    }
     doc.into()
 }
 
@@ -476,6 +488,7 @@ mod tests {
             endpoints: vec!["169.254.169.254:80".parse().unwrap()],
             attach_method: "tcx",
             cgroup: "/".into(),
+            pinned: None,
         }
     }
 
