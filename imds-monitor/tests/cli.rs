@@ -81,3 +81,50 @@ fn unwritable_output_is_named() {
         stderr(&out)
     );
 }
+
+#[test]
+fn persist_and_policy_need_the_right_mode() {
+    let out = imds_monitor(&["run", "--iface", "lo", "--persist"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("--persist") && stderr(&out).contains("--mode enforce"),
+        "{}",
+        stderr(&out)
+    );
+    let out = imds_monitor(&["run", "--iface", "lo", "--policy", "/nonexistent.toml"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("--policy needs --mode enforce"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_bad_policy_is_named_before_anything_is_attached() {
+    let dir = std::env::temp_dir().join(format!("imds-cli-policy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("p.toml");
+    std::fs::write(&file, "[actions]\nv2_get = \"drop\"\n").unwrap();
+    let out = imds_monitor(&[
+        "run",
+        "--iface",
+        "lo",
+        "--mode",
+        "enforce",
+        "--policy",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("p.toml:2") && err.contains("v2_get"), "{err}");
+    assert!(out.stdout.is_empty());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn detach_with_nothing_pinned_says_so() {
+    let out = imds_monitor(&["detach", "--pin-dir", "/nonexistent/imds-monitor-test"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("nothing to detach"));
+}
