@@ -11,6 +11,7 @@
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
     net::SocketAddr,
+    rc::Rc,
     time::{Duration, Instant, SystemTime},
 };
 
@@ -43,7 +44,7 @@ pub struct Finding {
     pub message: String,
     pub fix: String,
     pub request: Request,
-    pub sender: Sender,
+    pub sender: Rc<Sender>,
     pub status: Option<u16>,
     /// `imds-hop-limit`: (observed TTL, needed).
     pub hop_limit: Option<(u8, u8)>,
@@ -55,7 +56,7 @@ pub struct Finding {
 #[derive(Debug)]
 struct Pending {
     request: Request,
-    sender: Sender,
+    sender: Rc<Sender>,
     since: Instant,
 }
 
@@ -139,17 +140,23 @@ pub fn describe(sender: &Sender, request: &Request) -> String {
 
 impl Diagnoser {
     /// Findings a request raises by itself; remembers it for its response.
-    pub fn on_request(&mut self, request: &Request, sender: &Sender, now: Instant) -> Vec<Finding> {
+    pub fn on_request(
+        &mut self,
+        request: &Request,
+        sender: &Rc<Sender>,
+        now: Instant,
+    ) -> Vec<Finding> {
         let mut findings = Vec::new();
         self.count(request, sender);
-        let who = describe(sender, request);
+        // Only for messages: most requests raise none.
+        let who = std::cell::LazyCell::new(|| describe(sender, request));
         let finding = |action, message: String, fix: &str| Finding {
             action,
             time: request.time,
             message,
             fix: fix.to_owned(),
             request: request.clone(),
-            sender: sender.clone(),
+            sender: Rc::clone(sender),
             status: None,
             hop_limit: None,
             fallback_delay_ms: None,
@@ -170,7 +177,8 @@ impl Diagnoser {
                 findings.push(finding(
                     "imds-token-proxy",
                     format!(
-                        "{who} sent a token PUT with X-Forwarded-For, which IMDS rejects: the request came through a proxy or an SSRF path."
+                        "{} sent a token PUT with X-Forwarded-For, which IMDS rejects: the request came through a proxy or an SSRF path.",
+                        *who
                     ),
                     "Call IMDS directly, not through the proxy (NO_PROXY=169.254.169.254,fd00:ec2::254); if no proxy is expected here, investigate the sender for SSRF.",
                 ));
@@ -180,7 +188,8 @@ impl Diagnoser {
                     findings.push(finding(
                         "imds-credentials-v1",
                         format!(
-                            "{who} fetched the instance role's credentials over IMDSv1 ({}), the request SSRF attacks make.",
+                            "{} fetched the instance role's credentials over IMDSv1 ({}), the request SSRF attacks make.",
+                            *who,
                             request.path
                         ),
                         "Move it to IMDSv2 (a current AWS SDK or CLI, or a token from PUT /latest/api/token first), then set HttpTokens=required.",
@@ -200,7 +209,8 @@ impl Diagnoser {
                     let mut f = finding(
                         "imds-v1-fallback",
                         format!(
-                            "{who} asked for an IMDSv2 token, got no answer, and {} ms later used IMDSv1 ({}): an SDK falling back.",
+                            "{} asked for an IMDSv2 token, got no answer, and {} ms later used IMDSv1 ({}): an SDK falling back.",
+                            *who,
                             delay.as_millis(),
                             request.path
                         ),
@@ -219,7 +229,7 @@ impl Diagnoser {
                 key,
                 Pending {
                     request: request.clone(),
-                    sender: sender.clone(),
+                    sender: Rc::clone(sender),
                     since: now,
                 },
             );
@@ -233,7 +243,7 @@ impl Diagnoser {
     pub fn on_response(
         &mut self,
         response: &Response,
-    ) -> (Option<(Request, Sender)>, Vec<Finding>) {
+    ) -> (Option<(Request, Rc<Sender>)>, Vec<Finding>) {
         let key = key_of(
             response.source,
             response.destination,
@@ -254,7 +264,7 @@ impl Diagnoser {
                 message,
                 fix: fix.to_owned(),
                 request: request.clone(),
-                sender: sender.clone(),
+                sender: Rc::clone(&sender),
                 status: Some(response.status),
                 hop_limit: None,
                 fallback_delay_ms: None,

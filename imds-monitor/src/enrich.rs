@@ -1,6 +1,12 @@
 //! Enrichment: from the kernel's owner of a connection (pid, cgroup id) to
 //! the process, its parents, its cgroup path and the workload behind it.
 
+use std::{
+    collections::HashMap,
+    rc::Rc,
+    time::{Duration, Instant},
+};
+
 use crate::{
     cgroups::CgroupPaths,
     event::{KernelOwner, Request},
@@ -39,6 +45,10 @@ impl Sender {
     }
 }
 
+/// How long a resolved sender is reused for the same process and cgroup:
+/// busy clients make many requests, and their parents rarely change.
+const SENDER_TTL: Duration = Duration::from_secs(1);
+
 /// The lookups enrichment needs, kept across events.
 #[derive(Debug)]
 pub struct Enricher {
@@ -46,6 +56,8 @@ pub struct Enricher {
     pub cgroups: CgroupPaths,
     /// Requests whose attribution was partial, for `monitor-stopped`.
     pub partial_count: u64,
+    /// Recent senders by (process, cgroup), shared by events and diagnoses.
+    recent: HashMap<(u32, u64), (Rc<Sender>, Instant)>,
 }
 
 impl Enricher {
@@ -54,15 +66,40 @@ impl Enricher {
             processes,
             cgroups,
             partial_count: 0,
+            recent: HashMap::new(),
         }
     }
 
-    pub fn sender(&mut self, request: &Request) -> Sender {
-        let sender = self.resolve(request);
+    pub fn sender(&mut self, request: &Request) -> Rc<Sender> {
+        let key = request.owner.as_ref().map(|o| (o.tgid, o.cgroup_id));
+        let cached = key
+            .and_then(|k| self.recent.get(&k))
+            .filter(|(sender, at)| {
+                at.elapsed() < SENDER_TTL && sender.owner.as_ref() == request.owner.as_ref()
+            })
+            .map(|(sender, _)| Rc::clone(sender));
+        let sender = match cached {
+            Some(sender) => sender,
+            None => {
+                let sender = Rc::new(self.resolve(request));
+                if let Some(k) = key {
+                    if self.recent.len() > 4096 {
+                        self.recent.retain(|_, (_, at)| at.elapsed() < SENDER_TTL);
+                    }
+                    self.recent.insert(k, (Rc::clone(&sender), Instant::now()));
+                }
+                sender
+            }
+        };
         if sender.partial.is_some() {
             self.partial_count += 1;
         }
         sender
+    }
+
+    /// A process exec'ed or exited: its cached sender is stale.
+    pub fn forget(&mut self, tgid: u32) {
+        self.recent.retain(|(pid, _), _| *pid != tgid);
     }
 
     fn resolve(&mut self, request: &Request) -> Sender {

@@ -93,7 +93,7 @@ impl ProcessCache {
         let executable = from_proc
             .as_ref()
             .and_then(|p| p.executable.clone())
-            .or_else(|| (!exec.filename.is_empty()).then(|| exec.filename.clone()));
+            .or_else(|| resolved_path(&exec.filename));
         self.insert(ProcessInfo {
             pid: exec.tgid,
             ppid: from_proc.as_ref().and_then(|p| p.ppid).or(known_ppid),
@@ -172,6 +172,21 @@ impl ProcessCache {
     }
 }
 
+/// The program an execve path names, as /proc/PID/exe would show it: an
+/// absolute path with its symlinks resolved (`/usr/bin/sh` -> `/usr/bin/dash`);
+/// a relative one as given (it depended on the process's directory).
+fn resolved_path(filename: &str) -> Option<String> {
+    if filename.is_empty() {
+        return None;
+    }
+    if filename.starts_with('/')
+        && let Ok(real) = fs::canonicalize(filename)
+    {
+        return Some(real.to_string_lossy().into_owned());
+    }
+    Some(filename.to_owned())
+}
+
 /// Reads one process from /proc; `None` if it is gone.
 fn read_proc(pid: u32) -> Option<ProcessInfo> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -228,6 +243,25 @@ pub fn split_nul(raw: &[u8]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exec_paths_resolve_like_proc_exe() {
+        let link = std::env::temp_dir().join(format!("imds-link-{}", std::process::id()));
+        let _ = fs::remove_file(&link);
+        std::os::unix::fs::symlink("/proc/self/exe", &link).unwrap();
+        let resolved = resolved_path(link.to_str().unwrap()).unwrap();
+        assert!(
+            !resolved.contains("imds-link"),
+            "symlink followed: {resolved}"
+        );
+        fs::remove_file(&link).unwrap();
+        assert_eq!(resolved_path("./run.sh").as_deref(), Some("./run.sh"));
+        assert_eq!(
+            resolved_path("/no/such/file").as_deref(),
+            Some("/no/such/file")
+        );
+        assert_eq!(resolved_path(""), None);
+    }
 
     #[test]
     fn stat_with_odd_comm() {

@@ -33,6 +33,9 @@ use crate::{
 
 /// Records handled per wake-up before the sink is written and signals polled.
 const BATCH: usize = 4096;
+/// Pause after each batch, so a busy host costs a wake-up per 20 ms, not per
+/// request; events reach the output at most this much later.
+const COALESCE: Duration = Duration::from_millis(20);
 
 pub fn run(args: RunArgs) -> Result<()> {
     tokio::runtime::Builder::new_current_thread()
@@ -156,6 +159,9 @@ async fn run_until_signal(args: RunArgs) -> Result<()> {
                 let mut ready = ready?;
                 writer.drain(ready.get_inner_mut(), &info, &mut sink)?;
                 ready.clear_ready();
+                // Let events gather: one wake-up and one write per batch
+                // instead of per event (the ring buffer holds 4 MiB).
+                tokio::time::sleep(COALESCE).await;
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
@@ -278,6 +284,7 @@ impl EventWriter {
                     continue;
                 }
                 Some(Record::Exec(exec)) => {
+                    self.enricher.forget(exec.tgid);
                     self.enricher.processes.on_exec(exec);
                     continue;
                 }
@@ -286,6 +293,7 @@ impl EventWriter {
                     continue;
                 }
                 Some(Record::Exit { tgid }) => {
+                    self.enricher.forget(tgid);
                     self.enricher.processes.on_exit(tgid);
                     continue;
                 }

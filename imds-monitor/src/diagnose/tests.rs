@@ -1,12 +1,12 @@
-use std::time::UNIX_EPOCH;
+use std::{rc::Rc, time::UNIX_EPOCH};
 
 use super::*;
 use crate::{event::KernelOwner, processes::ProcessInfo, workload::Workload};
 
 const CONTAINER: &str = "4f9c1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7";
 
-fn sender(pid: u32) -> Sender {
-    Sender {
+fn sender(pid: u32) -> Rc<Sender> {
+    Rc::new(Sender {
         owner: Some(KernelOwner {
             tgid: pid,
             tid: pid,
@@ -24,7 +24,7 @@ fn sender(pid: u32) -> Sender {
         }),
         workload: Workload::from_cgroup_path(&format!("/system.slice/docker-{CONTAINER}.scope")),
         ..Sender::default()
-    }
+    })
 }
 
 fn request(class: RequestClass, path: &str, port: u16, index: u16, ms: u64) -> Request {
@@ -109,11 +109,11 @@ fn hop_limit_then_fallback_in_the_same_process() {
     );
 }
 
-fn plain_process(pid: u32) -> Sender {
-    Sender {
+fn plain_process(pid: u32) -> Rc<Sender> {
+    Rc::new(Sender {
         workload: Workload::default(),
-        ..sender(pid)
-    }
+        ..(*sender(pid)).clone()
+    })
 }
 
 #[test]

@@ -47,8 +47,14 @@ impl Daemon {
         let events = dir.join("events.json");
         let stderr = File::create(dir.join("stderr.log"))?;
         let mut cmd = sandbox.command(&Place::service("imds-monitor"), imds_monitor_bin()?)?;
+        // Attribution follows the sandbox's workloads only: the mock IMDS
+        // runs as threads of this process (a thread per connection), which
+        // on EC2 is off the host; following it would charge the daemon for
+        // fork and exit events a real host does not have.
         cmd.arg("run")
             .args(args)
+            .arg("--cgroup")
+            .arg(sandbox.root_cgroup().path())
             .arg("--output")
             .arg(&events)
             // No rotation during a run: the tail follows one file.
