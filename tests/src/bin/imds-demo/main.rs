@@ -4,8 +4,12 @@
 //! a Docker container and a Kubernetes pod container), starts the real
 //! `imds-monitor` daemon in alert mode, runs the workloads a typical host
 //! has, lets the team try `HttpTokens=required` (and roll back), stops the
-//! daemon, shows who sent each request and the diagnostics it raised, runs
-//! the real `imds-monitor report` over the events and ends with the fixes.
+//! daemon, shows who sent each request and the diagnostics it raised, and
+//! runs the real `imds-monitor report` over the events. Then it rolls out
+//! enforce mode as the README says: a policy with an exception for the
+//! legacy UserData script, a dry run in alert mode that marks what would be
+//! dropped, then enforce mode, where the Docker app's IMDSv1 read is reset in
+//! the kernel. It ends with the fixes.
 //! `cargo xtask demo` builds everything and runs this with
 //! `IMDS_MONITOR_BIN` set.
 //!
@@ -17,6 +21,7 @@
 //! runs inside the sandbox, whose namespaces are linked only to each other.
 
 mod narrate;
+mod rollout;
 mod table;
 mod workloads;
 
@@ -41,10 +46,12 @@ use crate::narrate::Narrator;
 use crate::table::Table;
 use crate::workloads::Workload;
 
-/// The last word of the summary: what comes after this build. Change it
-/// when enforce mode lands.
-const NEXT_STEP_NOTE: &str = "Next: enforce mode, where the monitor drops IMDSv1 requests in the \
-kernel with exceptions for named workloads, is the next step; it is not part of this build yet.";
+/// The last word of the summary: enforce mode, and how to roll it out.
+const ENFORCE_NOTE: &str = "Until then, enforce mode protects the instance: `imds-monitor run \
+--mode enforce --policy FILE` drops IMDSv1 requests in the kernel (the client's connection is \
+reset at once), except those of the workloads the policy's exceptions name. Roll it out as above: \
+run --mode alert --policy FILE, read what would be dropped (imds.would_drop in the events), then \
+switch to --mode enforce.";
 
 /// How a script reads IMDS with a token (IMDSv2), for the summary.
 const TOKEN_SCRIPT: &str = "\
@@ -142,6 +149,18 @@ const STEPS: &[Step] = &[
     Step {
         title: "imds-monitor report: who is in the way, is v2-only safe?",
         run: Demo::run_report,
+    },
+    Step {
+        title: "Enforce mode, 1: a policy with an exception for the UserData script",
+        run: Demo::write_policy,
+    },
+    Step {
+        title: "Enforce mode, 2: a dry run in alert mode: what would be dropped?",
+        run: Demo::dry_run,
+    },
+    Step {
+        title: "Enforce mode, 3: IMDSv1 dropped in the kernel, the exception alerted",
+        run: Demo::enforce,
     },
     Step {
         title: "What this tells you",
@@ -553,6 +572,14 @@ impl Demo {
 
     /// Runs `list` one after the other, keeping what IMDS received from each.
     fn run_list(&mut self, list: Vec<Workload>) -> Result<()> {
+        let runs = self.run_each(list)?;
+        self.runs.extend(runs);
+        Ok(())
+    }
+
+    /// Runs `list` one after the other; returns what IMDS received from each.
+    fn run_each(&mut self, list: Vec<Workload>) -> Result<Vec<WorkloadRun>> {
+        let mut runs = Vec::new();
         for workload in list {
             check_interrupted()?;
             let place = workload.place.clone();
@@ -569,14 +596,14 @@ impl Demo {
             (workload.run)(sb, &place, &mut self.out)
                 .with_context(|| format!("workload {:?}", workload.label))?;
             let requests = self.sandbox().imds_log().split_off(before);
-            self.runs.push(WorkloadRun {
+            runs.push(WorkloadRun {
                 workload,
                 expected,
                 started,
                 requests,
             });
         }
-        Ok(())
+        Ok(runs)
     }
 
     /// Flips the mock to `HttpTokens=required`, runs the v2-only trial, and
@@ -662,7 +689,7 @@ impl Demo {
         self.show_requests(&requests, start);
         self.show_senders(&requests, start);
         self.show_counters(&stopped);
-        self.write_events(&stopped.events)?;
+        self.write_events(&self.events_path.clone(), &stopped.events)?;
         for event in &stopped.events {
             self.out.json(event);
         }
@@ -833,9 +860,8 @@ impl Demo {
         }
     }
 
-    /// Writes every JSON line to the events file, replacing an older one.
-    fn write_events(&mut self, events: &[Value]) -> Result<()> {
-        let path = &self.events_path;
+    /// Writes every JSON line to an events file, replacing an older one.
+    fn write_events(&mut self, path: &Path, events: &[Value]) -> Result<()> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         }
@@ -1299,7 +1325,14 @@ impl Demo {
              representative window, set HttpTokens=required, in the launch template too.",
         );
         self.out.blank();
-        self.out.labelled(2, "", NEXT_STEP_NOTE);
+        let mut note = ENFORCE_NOTE.to_owned();
+        if !hop_fix.is_empty() {
+            note.push_str(&format!(
+                " Raise the hop limit first: enforce mode would drop the IMDSv1 fallback of {}.",
+                hop_fix.join(", ")
+            ));
+        }
+        self.out.labelled(2, "", &note);
         if !self.problems.is_empty() {
             self.out.blank();
             self.out.say(&format!(
@@ -1550,8 +1583,8 @@ mod tests {
     }
 
     #[test]
-    fn next_step_note_fits_the_screen() {
-        for line in narrate::wrap(NEXT_STEP_NOTE, narrate::MAX_WIDTH - 2, 0) {
+    fn enforce_note_fits_the_screen() {
+        for line in narrate::wrap(ENFORCE_NOTE, narrate::MAX_WIDTH - 2, 0) {
             assert!(line.chars().count() <= narrate::MAX_WIDTH - 2, "{line}");
         }
     }

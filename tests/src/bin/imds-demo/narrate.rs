@@ -95,7 +95,7 @@ impl Narrator {
     /// they cannot be mistaken for narration.
     pub fn quote(&mut self, marker: &str, text: &str) {
         for line in text.lines() {
-            self.line(&format!("      {marker} {line}"));
+            self.line(format!("      {marker} {line}").trim_end());
         }
     }
 

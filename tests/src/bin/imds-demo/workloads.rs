@@ -5,7 +5,9 @@
 //! `imds_client`), never in this machine's own network namespace, and every
 //! request is bounded by a timeout. To add one, append to [`workloads`] (or
 //! to [`v2_only_trial`], which runs under `HttpTokens=required`); the tables,
-//! the checks and the summary pick it up.
+//! the checks and the summary pick it up. [`dry_run`] and [`enforced`] are
+//! the enforce-mode rollout's, each with the verdict and rule its requests
+//! must get.
 
 use std::time::Instant;
 
@@ -31,6 +33,7 @@ pub fn containers() -> Vec<ContainerSpec> {
 }
 
 /// One workload of the story.
+#[derive(Clone)]
 pub struct Workload {
     /// Short name, for the checks and the summary.
     pub label: &'static str,
@@ -122,6 +125,111 @@ pub fn v2_only_trial() -> Vec<Workload> {
     }]
 }
 
+/// The exception the rollout's policy makes for the UserData script.
+pub const LEGACY_EXCEPTION: &str = "legacy-userdata";
+/// `imds.policy.rule` of the requests that exception decides.
+pub const LEGACY_RULE: &str = "exception:legacy-userdata";
+/// `imds.policy.rule` of the IMDSv1 requests the policy's `[actions]` decide.
+pub const V1_ACTION_RULE: &str = "actions.v1_get";
+/// `imds.policy.rule` of classes the policy leaves at their default (allow).
+pub const DEFAULT_RULE: &str = "default";
+
+/// A workload of the enforce-mode rollout, and what the policy must decide
+/// for every request it makes. (Its diagnostics are not checked there.)
+pub struct Judged {
+    pub workload: Workload,
+    /// `imds.verdict`: `dropped`, `alerted` or `allowed`.
+    pub verdict: &'static str,
+    /// `imds.policy.rule`.
+    pub rule: &'static str,
+    /// `imds.would_drop`: alert mode marks what enforce mode would drop.
+    pub would_drop: bool,
+}
+
+/// The dry run: alert mode with the policy. Nothing is dropped; what enforce
+/// mode would drop is marked.
+pub fn dry_run() -> Vec<Judged> {
+    vec![
+        Judged {
+            workload: Workload {
+                label: "docker app",
+                title: "The Docker app reads the role's credentials again",
+                place: Place::Container(DOCKER),
+                story: "Same app, same IMDSv1 reads; no exception names it.",
+                expect: &["v1_get", "v1_get"],
+                diagnostics: &[CREDENTIALS_V1, CREDENTIALS_V1],
+                run: docker_app,
+            },
+            verdict: "alerted",
+            rule: V1_ACTION_RULE,
+            would_drop: true,
+        },
+        Judged {
+            workload: Workload {
+                label: "cloud-init",
+                title: "The UserData script runs again",
+                place: Place::service("cloud-init"),
+                story: "Same script, same plain curl; the exception names its unit.",
+                expect: &["v1_get", "v1_get"],
+                diagnostics: &[CREDENTIALS_V1],
+                run: user_data_again,
+            },
+            verdict: "alerted",
+            rule: LEGACY_RULE,
+            would_drop: false,
+        },
+    ]
+}
+
+/// Enforce mode with the policy: the Docker app's IMDSv1 is dropped, the
+/// UserData script is excepted, IMDSv2 is untouched.
+pub fn enforced() -> Vec<Judged> {
+    vec![
+        Judged {
+            workload: Workload {
+                label: "docker app",
+                title: "The Docker app reads the role's credentials",
+                place: Place::Container(DOCKER),
+                story: "Its first IMDSv1 read; nothing in the policy excepts it.",
+                expect: &["v1_get"],
+                diagnostics: &[CREDENTIALS_V1],
+                run: docker_app_reset,
+            },
+            verdict: "dropped",
+            rule: V1_ACTION_RULE,
+            would_drop: false,
+        },
+        Judged {
+            workload: Workload {
+                label: "cloud-init",
+                title: "The UserData script runs",
+                place: Place::service("cloud-init"),
+                story: "Plain curl, IMDSv1, but its unit is the policy's exception.",
+                expect: &["v1_get", "v1_get"],
+                diagnostics: &[CREDENTIALS_V1],
+                run: user_data_again,
+            },
+            verdict: "alerted",
+            rule: LEGACY_RULE,
+            would_drop: false,
+        },
+        Judged {
+            workload: Workload {
+                label: "ssm-agent",
+                title: "The SSM agent reads with a token",
+                place: Place::service("amazon-ssm-agent"),
+                story: "IMDSv2: enforce mode never drops it.",
+                expect: &["v2_token_put", "v2_get"],
+                diagnostics: &[],
+                run: v2_agent,
+            },
+            verdict: "allowed",
+            rule: DEFAULT_RULE,
+            would_drop: false,
+        },
+    ]
+}
+
 /// The diagnostics' `event.action`s.
 pub const V1_REJECTED: &str = "imds-v1-rejected";
 pub const HOP_LIMIT: &str = "imds-hop-limit";
@@ -211,6 +319,17 @@ echo "instance $ID, role $ROLE""#;
 
 fn user_data_script(sb: &Sandbox, place: &Place, out: &mut Narrator) -> Result<()> {
     out.quote("|", USER_DATA);
+    run_user_data(sb, place, out)
+}
+
+/// The UserData script once more, not shown again.
+fn user_data_again(sb: &Sandbox, place: &Place, out: &mut Narrator) -> Result<()> {
+    out.quote("|", "(the same script)");
+    run_user_data(sb, place, out)
+}
+
+/// Runs the UserData script and checks that it read the id and the role.
+fn run_user_data(sb: &Sandbox, place: &Place, out: &mut Narrator) -> Result<()> {
     let output = sb
         .command(place, "sh")?
         .args(["-c", USER_DATA])
@@ -303,6 +422,47 @@ fn docker_app(sb: &Sandbox, place: &Place, out: &mut Narrator) -> Result<()> {
     ensure!(!role.is_empty(), "no role name from {base}");
     curl(sb, place, out, &[], &format!("{base}{role}"), 200)?;
     out.detail("   (the instance role's temporary credentials; the mock's are fake)");
+    Ok(())
+}
+
+/// curl's exit code for "Recv failure: Connection reset by peer".
+pub const CURL_RESET: i32 = 56;
+/// A reset comes at once; a dropped packet without one would hang until
+/// curl's `--max-time`.
+const RESET_WITHIN_MS: u128 = 500;
+
+/// The Docker app's first read under enforce mode: the kernel drops it and
+/// resets the connection; IMDS never sees it.
+fn docker_app_reset(sb: &Sandbox, place: &Place, out: &mut Narrator) -> Result<()> {
+    let url = format!("{IMDS}/latest/meta-data/iam/security-credentials/");
+    show(out, &["curl", &url]);
+    let before = sb.imds_log().len();
+    let started = Instant::now();
+    let res = sb.curl(place, &["--max-time", CURL_MAX_TIME, &url])?;
+    let ms = started.elapsed().as_millis();
+    let reached = sb.imds_log().len().saturating_sub(before);
+    let error = res.stderr.lines().next().unwrap_or("").trim();
+    let exit = res
+        .exit_code
+        .map_or_else(|| "killed".to_owned(), |c| format!("exit {c}"));
+    out.detail(&format!("-> {error} ({exit}, after {ms} ms)"));
+    ensure!(
+        res.exit_code == Some(CURL_RESET) && res.status.is_none(),
+        "the Docker app's IMDSv1 read was expected to be reset (curl exit {CURL_RESET}), \
+         but: {res:?}"
+    );
+    ensure!(
+        ms < RESET_WITHIN_MS,
+        "the reset took {ms} ms; expected it within {RESET_WITHIN_MS} ms"
+    );
+    ensure!(
+        reached == 0,
+        "the mock IMDS logged {reached} request(s) of the dropped read"
+    );
+    out.detail(
+        "   reset at once, not left hanging until a timeout; the mock IMDS logged nothing:\n   \
+         the kernel dropped the request before it left the host.",
+    );
     Ok(())
 }
 
