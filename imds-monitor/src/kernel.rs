@@ -100,8 +100,8 @@ impl Pins {
     /// The pin directory, mounting bpffs at its parent if it is not one.
     pub fn open(dir: &Path) -> Result<Self> {
         let parent = dir.parent().context("--pin-dir has no parent directory")?;
-        let is_bpffs = nix::sys::statfs::statfs(parent)
-            .is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC);
+        let is_bpffs =
+            nix::sys::statfs::statfs(parent).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC);
         if !is_bpffs {
             fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
             nix::mount::mount(
