@@ -4,6 +4,9 @@
 //! endpoint (through `bpf_loop`), so it keeps all state in one fixed-size,
 //! `Copy` struct that lives in a per-connection map value, uses fixed bounds
 //! only, and never panics. The same code runs in the daemon's unit tests.
+//! Bytes that change no state but counters (most of the path, header values
+//! it does not read, names of headers it does not know) it also takes eight
+//! at a time ([`RequestParser::feed_run`]), with the same result.
 //!
 //! It remembers only what classification needs: the method, the path (first
 //! [`PATH_CAP`] bytes), which of a few known headers were present, the token
@@ -72,7 +75,7 @@ pub mod flag {
     pub const OTHER_CLOUD: u16 = GCP | AZURE | ORACLE;
 }
 
-/// The headers the parser recognises, lower case; index = bit in the candidate mask.
+/// The headers the parser recognises, lower case.
 const HEADER_COUNT: usize = 7;
 const H_TOKEN: u8 = 0;
 const H_TTL: u8 = 1;
@@ -82,20 +85,54 @@ const H_METADATA: u8 = 4;
 const H_AUTHORIZATION: u8 = 5;
 const H_CONTENT_LENGTH: u8 = 6;
 const H_NONE: u8 = 0xff;
-const NAME_CAP: usize = 40;
+/// Row width of [`HEADER_NAMES`]: the longest name (36) plus a word to read
+/// past it, so the kernel indexes rows with constant bounds.
+const NAME_ROW: usize = 48;
+/// Pads the rows: an upper-case letter, which a lower-cased name byte never is.
+const NAME_PAD: u8 = b'A';
 
-/// Fixed-width rows so the kernel indexes them with constant bounds.
-static HEADER_NAMES: [[u8; NAME_CAP]; HEADER_COUNT] = [
-    pad(b"x-aws-ec2-metadata-token"),
-    pad(b"x-aws-ec2-metadata-token-ttl-seconds"),
-    pad(b"x-forwarded-for"),
-    pad(b"metadata-flavor"),
-    pad(b"metadata"),
-    pad(b"authorization"),
-    pad(b"content-length"),
+static HEADER_NAMES: [[u8; NAME_ROW]; HEADER_COUNT] = [
+    pad_with(b"x-aws-ec2-metadata-token", NAME_PAD),
+    pad_with(b"x-aws-ec2-metadata-token-ttl-seconds", NAME_PAD),
+    pad_with(b"x-forwarded-for", NAME_PAD),
+    pad_with(b"metadata-flavor", NAME_PAD),
+    pad_with(b"metadata", NAME_PAD),
+    pad_with(b"authorization", NAME_PAD),
+    pad_with(b"content-length", NAME_PAD),
 ];
 static HEADER_LENS: [u8; HEADER_COUNT] = [24, 36, 15, 15, 8, 13, 14];
-const ALL_HEADERS: u8 = (1 << HEADER_COUNT) - 1;
+
+// A header name is matched exactly, one comparison per byte: it is followed
+// along the longest known name it can still become (`name_ref`), chosen by
+// its first byte (`name_start`). That works because of how the names
+// overlap, which a test checks: `x-aws-ec2-metadata-token` is a prefix of
+// the TTL header's name and `metadata` one of `metadata-flavor` (both found
+// by their length at the colon, `matched_header`), and `x-forwarded-for`
+// leaves the TTL header's name at its third byte (`on_header_name`).
+
+/// Where `x-forwarded-for` leaves `x-aws-ec2-...`.
+const FORWARDED_FOR_FORK: u8 = 2;
+
+/// Whether `on_header_value` looks at the value of header `h`.
+#[inline(always)]
+const fn reads_value(h: u8) -> bool {
+    matches!(
+        h,
+        H_TTL | H_CONTENT_LENGTH | H_METADATA_FLAVOR | H_METADATA | H_AUTHORIZATION
+    )
+}
+
+/// The longest known name a header name starting with `b` can become.
+#[inline(always)]
+const fn name_start(b: u8) -> u8 {
+    match b.to_ascii_lowercase() {
+        b'x' => H_TTL,
+        b'm' => H_METADATA_FLAVOR,
+        b'a' => H_AUTHORIZATION,
+        b'c' => H_CONTENT_LENGTH,
+        _ => H_NONE,
+    }
+}
 
 /// Values (compared case-insensitively) that mark another cloud's metadata client.
 const VALUE_CAP: usize = 16;
@@ -104,7 +141,11 @@ static AZURE_VALUE: [u8; VALUE_CAP] = pad(b"true");
 static ORACLE_VALUE: [u8; VALUE_CAP] = pad(b"bearer oracle");
 
 const fn pad<const N: usize>(s: &[u8]) -> [u8; N] {
-    let mut out = [0u8; N];
+    pad_with(s, 0)
+}
+
+const fn pad_with<const N: usize>(s: &[u8], fill: u8) -> [u8; N] {
+    let mut out = [fill; N];
     let mut i = 0;
     while i < s.len() {
         out[i] = s[i];
@@ -148,8 +189,9 @@ pub struct RequestParser {
     pub phase: u8,
     pub method_len: u8,
     name_len: u8,
-    /// Known headers the current name still matches, one bit each.
-    candidates: u8,
+    /// The longest known header name the current name is still a prefix of
+    /// (lower-cased), or `H_NONE`.
+    name_ref: u8,
     /// Known header whose value is being read, or `H_NONE`.
     current: u8,
     /// The value still equals the literal it is compared with.
@@ -195,7 +237,7 @@ impl RequestParser {
             phase: phase::METHOD,
             method_len: 0,
             name_len: 0,
-            candidates: 0,
+            name_ref: H_NONE,
             current: H_NONE,
             value_matches: 0,
             number_ended: 0,
@@ -221,7 +263,7 @@ impl RequestParser {
         self.phase = phase::METHOD;
         self.method_len = 0;
         self.name_len = 0;
-        self.candidates = 0;
+        self.name_ref = H_NONE;
         self.current = H_NONE;
         self.value_matches = 0;
         self.number_ended = 0;
@@ -247,13 +289,21 @@ impl RequestParser {
 
     /// Feeds every byte of `bytes`, stopping at the first byte that ends the head.
     /// Returns the step and how many bytes were consumed. Host-side helper; the
-    /// kernel drives [`Self::feed`] itself.
+    /// kernel drives [`Self::feed`] and [`Self::feed_run`] itself, the same way:
+    /// one byte, then a run of up to 8 bytes that change nothing but counters.
     pub fn feed_slice(&mut self, bytes: &[u8]) -> (Step, usize) {
-        for (i, &b) in bytes.iter().enumerate() {
-            let step = self.feed(b);
+        let mut i = 0;
+        while i < bytes.len() {
+            let step = self.feed(bytes[i]);
+            i += 1;
             if step != Step::More {
-                return (step, i + 1);
+                return (step, i);
             }
+            let rest = &bytes[i..];
+            let n = rest.len().min(8);
+            let mut word = [0u8; 8];
+            word[..n].copy_from_slice(&rest[..n]);
+            i += self.feed_run(u64::from_le_bytes(word), n as u32) as usize;
         }
         (Step::More, bytes.len())
     }
@@ -286,6 +336,129 @@ impl RequestParser {
             phase::MALFORMED => Step::Malformed,
             _ => Step::More,
         }
+    }
+
+    /// Consumes the bytes at the start of `word` (the next `avail` bytes of
+    /// the stream, the first in the lowest bits; bytes past `avail` are
+    /// ignored) that [`Self::feed`] would take without a transition, eight
+    /// at a time: method letters, path bytes, the rest of the request line,
+    /// a header name as long as it stays a known one's prefix or once it
+    /// cannot be one, the value of a header whose value is not read.
+    /// Returns how many (at most 8); 0 when the next byte needs
+    /// [`Self::feed`]. Feeding the same bytes one at a time leaves the same
+    /// state (the tests check it against the byte-at-a-time parser). Call it
+    /// only while the last step was [`Step::More`].
+    #[inline(always)]
+    pub fn feed_run(&mut self, word: u64, avail: u32) -> u32 {
+        let stops = match self.phase {
+            phase::METHOD => {
+                // More upper-case letters, as far as the method buffer goes.
+                let len = self.method_len as usize;
+                if len == 0 || len >= METHOD_CAP {
+                    return 0;
+                }
+                (!swar::upper(word) & swar::HIGH) | swar::from(METHOD_CAP - len)
+            }
+            phase::PATH => {
+                let len = self.path_len as usize;
+                if len < PATH_CAP && len + 8 > PATH_CAP {
+                    return 0;
+                }
+                // The space before the version, and control bytes.
+                swar::below(word, b' ' + 1) | swar::equal(word, 0x7f)
+            }
+            // LF and control bytes other than CR.
+            phase::VERSION => {
+                (swar::below(word, b' ') & !swar::equal(word, b'\r')) | swar::equal(word, 0x7f)
+            }
+            phase::HEADER_NAME => {
+                let r = self.name_ref as usize;
+                if r == H_NONE as usize {
+                    swar::equal(word, b':') | swar::equal(word, b'\n')
+                } else {
+                    // Up to the first byte that leaves the known name
+                    // (colon, CR and LF included: names never hold them).
+                    let pos = self.name_len as usize;
+                    if r >= HEADER_COUNT || pos > NAME_ROW - 8 {
+                        return 0;
+                    }
+                    let row = &HEADER_NAMES[r];
+                    let name = u64::from_le_bytes([
+                        row[pos],
+                        row[pos + 1],
+                        row[pos + 2],
+                        row[pos + 3],
+                        row[pos + 4],
+                        row[pos + 5],
+                        row[pos + 6],
+                        row[pos + 7],
+                    ]);
+                    swar::nonzero(swar::to_lower(word) ^ name)
+                }
+            }
+            // Values of unknown headers, tokens and X-Forwarded-For are not read.
+            phase::HEADER_VALUE if !reads_value(self.current) => swar::equal(word, b'\n'),
+            _ => return 0,
+        };
+        let room = (MAX_HEAD_BYTES as u32).saturating_sub(self.head_bytes as u32);
+        let mut n = swar::first(stops);
+        if n > avail {
+            n = avail;
+        }
+        if n > room {
+            n = room;
+        }
+        if n == 0 {
+            return 0;
+        }
+        self.head_bytes += n as u16;
+        match self.phase {
+            phase::METHOD => {
+                let len = self.method_len as u32;
+                let method = u64::from_le_bytes(self.method) & low_bytes(len);
+                self.method = (method | ((word & low_bytes(n)) << (8 * len))).to_le_bytes();
+                self.method_len += n as u8;
+            }
+            phase::PATH => self.path_run(word, n),
+            phase::HEADER_NAME if self.name_ref != H_NONE => {
+                self.name_len = self.name_len.saturating_add(n as u8);
+            }
+            _ => {}
+        }
+        n
+    }
+
+    /// `n` (1 to 8) path bytes at the start of `word`, none of them special.
+    #[inline(always)]
+    fn path_run(&mut self, word: u64, n: u32) {
+        let keep = low_bytes(n);
+        let bytes = word & keep;
+        let len = self.path_len as usize;
+        if len + 8 <= PATH_CAP {
+            // Whole words; only the `n` bytes kept are path (the rest zero).
+            self.path[len..len + 8].copy_from_slice(&bytes.to_le_bytes());
+        } else {
+            // `feed_run` leaves the last few bytes before the cap to `feed`.
+            self.flags |= flag::PATH_TRUNCATED;
+        }
+        self.path_len = self.path_len.saturating_add(n as u16);
+        // The new bytes, big-endian, shifted in below the last 10.
+        let tail = self.path_tail;
+        let fresh = bytes.swap_bytes();
+        if n >= 8 {
+            self.path_tail_hi = tail as u16;
+            self.path_tail = fresh;
+        } else {
+            let bits = 8 * n;
+            self.path_tail_hi = if n >= 2 {
+                (tail >> (64 - bits)) as u16
+            } else {
+                (self.path_tail_hi << 8) | (tail >> 56) as u16
+            };
+            self.path_tail = (tail << bits) | (fresh >> (64 - bits));
+        }
+        let slashes = swar::count(swar::equal(bytes, b'/') & keep);
+        self.path_slashes = self.path_slashes.saturating_add(slashes as u8);
     }
 
     #[inline(always)]
@@ -368,7 +541,7 @@ impl RequestParser {
             }
             _ => {
                 self.name_len = 0;
-                self.candidates = ALL_HEADERS;
+                self.name_ref = name_start(b);
                 self.phase = phase::HEADER_NAME;
                 self.on_header_name(b);
             }
@@ -407,41 +580,46 @@ impl RequestParser {
         if b == b'\r' {
             return;
         }
-        if !is_tchar(b) {
-            // Whitespace before the colon is not a valid field name (RFC 9112 5.1).
-            self.candidates = 0;
+        // Bytes that are not tokens (RFC 9112 5.1: no whitespace before the
+        // colon) never equal a byte of a known name, so they end the match.
+        let r = self.name_ref;
+        if r == H_NONE {
+            return;
         }
         let lower = b.to_ascii_lowercase();
         let pos = self.name_len as usize;
-        let mut remaining = self.candidates;
-        let mut i = 0;
-        while i < HEADER_COUNT {
-            let bit = 1u8 << i;
-            if remaining & bit != 0 {
-                let matches = pos < HEADER_LENS[i] as usize
-                    && pos < NAME_CAP
-                    && HEADER_NAMES[i][pos] == lower;
-                if !matches {
-                    remaining &= !bit;
-                }
-            }
-            i += 1;
+        let matches =
+            (r as usize) < HEADER_COUNT && pos < NAME_ROW && HEADER_NAMES[r as usize][pos] == lower;
+        if !matches {
+            self.name_ref = if r == H_TTL
+                && pos == FORWARDED_FOR_FORK as usize
+                && lower == HEADER_NAMES[H_FORWARDED_FOR as usize][FORWARDED_FOR_FORK as usize]
+            {
+                H_FORWARDED_FOR
+            } else {
+                H_NONE
+            };
         }
-        self.candidates = remaining;
         self.name_len = self.name_len.saturating_add(1);
     }
 
     /// The known header whose whole name equals the name just read.
     #[inline(always)]
     fn matched_header(&self) -> u8 {
-        let mut i = 0;
-        while i < HEADER_COUNT {
-            if self.candidates & (1 << i) != 0 && HEADER_LENS[i] == self.name_len {
-                return i as u8;
-            }
-            i += 1;
+        let r = self.name_ref;
+        if r as usize >= HEADER_COUNT {
+            return H_NONE;
         }
-        H_NONE
+        let len = self.name_len;
+        if HEADER_LENS[r as usize] == len {
+            r
+        } else if r == H_TTL && len == HEADER_LENS[H_TOKEN as usize] {
+            H_TOKEN
+        } else if r == H_METADATA_FLAVOR && len == HEADER_LENS[H_METADATA as usize] {
+            H_METADATA
+        } else {
+            H_NONE
+        }
     }
 
     #[inline(always)]
@@ -565,6 +743,84 @@ impl RequestParser {
             return (RequestClass::Invalid, InvalidReason::TtlOutOfRange);
         }
         (RequestClass::V2TokenPut, InvalidReason::None)
+    }
+}
+
+/// A mask of the first `n` bytes of a word (`n` at most 8).
+#[inline(always)]
+const fn low_bytes(n: u32) -> u64 {
+    if n >= 8 {
+        u64::MAX
+    } else {
+        (1u64 << (8 * n)) - 1
+    }
+}
+
+/// Eight bytes at a time in a `u64`, the first byte in the lowest bits.
+/// Every mask has 0x80 set in exactly the bytes it names: no borrows or
+/// carries cross bytes.
+mod swar {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    pub const HIGH: u64 = 0x8080_8080_8080_8080;
+    const LOW7: u64 = !HIGH;
+
+    /// Bytes that are not zero.
+    #[inline(always)]
+    pub const fn nonzero(x: u64) -> u64 {
+        ((x & LOW7).wrapping_add(LOW7) | x) & HIGH
+    }
+
+    /// Bytes equal to `c`.
+    #[inline(always)]
+    pub const fn equal(x: u64, c: u8) -> u64 {
+        !nonzero(x ^ (ONES * c as u64)) & HIGH
+    }
+
+    /// Bytes below `n` (at most 0x80).
+    #[inline(always)]
+    pub const fn below(x: u64, n: u8) -> u64 {
+        // The high bit of a byte's low 7 bits plus (0x80 - n) is set when
+        // they are at least n.
+        !((x & LOW7).wrapping_add(ONES * (0x80 - n as u64)) | x) & HIGH
+    }
+
+    /// Index of the first byte in `mask`, 8 when it is empty.
+    #[inline(always)]
+    pub const fn first(mask: u64) -> u32 {
+        if mask == 0 {
+            return 8;
+        }
+        // The lowest marked byte's bit alone, moved to the byte's bit 0, then
+        // a multiply that sums the byte's index into the top byte.
+        let low = (mask & mask.wrapping_neg()) >> 7;
+        (low.wrapping_mul(0x0001_0203_0405_0607) >> 56) as u32
+    }
+
+    /// How many bytes `mask` marks.
+    #[inline(always)]
+    pub const fn count(mask: u64) -> u32 {
+        ((mask >> 7).wrapping_mul(ONES) >> 56) as u32
+    }
+
+    /// Bytes from byte `n` on (`n` at most 8).
+    #[inline(always)]
+    pub const fn from(n: usize) -> u64 {
+        if n >= 8 { 0 } else { HIGH << (8 * n) }
+    }
+
+    /// ASCII upper-case letters.
+    #[inline(always)]
+    pub const fn upper(x: u64) -> u64 {
+        let low = x & LOW7;
+        let from_a = low.wrapping_add(ONES * (0x80 - b'A' as u64));
+        let past_z = low.wrapping_add(ONES * (0x80 - b'Z' as u64 - 1));
+        from_a & !past_z & !x & HIGH
+    }
+
+    /// ASCII upper-case letters to lower case, like `u8::to_ascii_lowercase`.
+    #[inline(always)]
+    pub const fn to_lower(x: u64) -> u64 {
+        x | (upper(x) >> 2)
     }
 }
 

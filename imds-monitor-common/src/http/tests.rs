@@ -220,3 +220,383 @@ fn class_names_round_trip() {
     }
     assert_eq!(C::from_u8(200), None);
 }
+
+// ------------------------------------------------ the fast paths change nothing
+
+mod reference;
+
+use reference::Reference;
+
+/// xorshift64*: reproducible inputs without a dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    fn chance(&mut self, percent: usize) -> bool {
+        self.below(100) < percent
+    }
+
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len())]
+    }
+}
+
+/// Everything the parser and the reference share, after the same bytes.
+fn assert_same(new: &RequestParser, old: &Reference, at: usize, input: &[u8]) {
+    let ctx = || format!("after {at} bytes of {:?}", String::from_utf8_lossy(input));
+    assert_eq!(new.phase, old.phase, "phase {}", ctx());
+    assert_eq!(new.head_bytes, old.head_bytes, "head_bytes {}", ctx());
+    assert_eq!(new.method(), old.method(), "method {}", ctx());
+    assert_eq!(new.path_len, old.path_len, "path_len {}", ctx());
+    assert_eq!(new.path(), old.path(), "path {}", ctx());
+    assert_eq!(new.path_tail, old.path_tail, "path_tail {}", ctx());
+    assert_eq!(new.path_tail_hi, old.path_tail_hi, "path_tail_hi {}", ctx());
+    assert_eq!(new.path_slashes, old.path_slashes, "path_slashes {}", ctx());
+    assert_eq!(new.flags, old.flags, "flags {}", ctx());
+    assert_eq!(new.ttl, old.ttl, "ttl {}", ctx());
+    assert_eq!(
+        new.content_length,
+        old.content_length,
+        "content_length {}",
+        ctx()
+    );
+    assert_eq!(new.current, old.current, "current header {}", ctx());
+    assert_eq!(new.in_request(), old.in_request(), "in_request {}", ctx());
+    if reads_value(new.current) {
+        assert_eq!(new.value_len, old.value_len, "value_len {}", ctx());
+        assert_eq!(
+            new.value_matches,
+            old.value_matches,
+            "value_matches {}",
+            ctx()
+        );
+        assert_eq!(new.number_ended, old.number_ended, "number_ended {}", ctx());
+    }
+    if new.phase == phase::HEADER_NAME {
+        // What a colon here would make of the name.
+        assert_eq!(
+            new.matched_header(),
+            old.matched_header(),
+            "header name {}",
+            ctx()
+        );
+    }
+    if new.phase == phase::DONE {
+        assert_eq!(new.classify(), old.classify(), "class {}", ctx());
+    }
+}
+
+/// Feeds `input` cut into segments at `cuts` (ascending) to the reference one
+/// byte at a time, and to the parser as the classifier does: a byte with
+/// `feed`, then a run with `feed_run` that sees only the rest of the segment
+/// (the word's later bytes are junk). Resets after each complete head.
+fn compare(input: &[u8], cuts: &[usize], rng: &mut Rng) {
+    let mut new = RequestParser::new();
+    let mut old = Reference::new();
+    let mut start = 0;
+    for end in cuts.iter().copied().chain([input.len()]) {
+        let mut i = start;
+        while i < end {
+            let step = new.feed(input[i]);
+            assert_eq!(step, old.feed(input[i]), "step at {i}");
+            i += 1;
+            assert_same(&new, &old, i, input);
+            match step {
+                Step::More => {}
+                Step::Complete => {
+                    new.reset();
+                    old.reset();
+                    continue;
+                }
+                Step::Malformed | Step::Overflow => return,
+            }
+            let avail = (end - i).min(8);
+            let mut word = rng.next().to_le_bytes();
+            word[..avail].copy_from_slice(&input[i..i + avail]);
+            let taken = new.feed_run(u64::from_le_bytes(word), avail as u32) as usize;
+            assert!(taken <= avail, "run of {taken} past {avail} bytes");
+            for &b in &input[i..i + taken] {
+                assert_eq!(
+                    old.feed(b),
+                    Step::More,
+                    "a run took a byte that ends a step"
+                );
+            }
+            i += taken;
+            assert_same(&new, &old, i, input);
+        }
+        start = end;
+    }
+}
+
+const NAMES: &[&str] = &[
+    "x-aws-ec2-metadata-token",
+    "x-aws-ec2-metadata-token-ttl-seconds",
+    "x-forwarded-for",
+    "metadata-flavor",
+    "metadata",
+    "authorization",
+    "content-length",
+    "x-aws-ec2-metadata-tok",
+    "x-aws-ec2-metadata-tokens",
+    "x-aws-ec2-metadata-token-",
+    "x-aws-ec2-metadata-token-ttl-second",
+    "x-aws-ec2-metadata-token-ttl-secondsx",
+    "x-aws-ec2-metadata-token-ttl-seconds-and-then-some-more-bytes",
+    "x-forwarded-fo",
+    "x-forwarded-forx",
+    "x-f",
+    "x-a",
+    "x-",
+    "x",
+    "metadat",
+    "metadata-",
+    "metadata-flavorx",
+    "m",
+    "authorizatio",
+    "content-lengthy",
+    "host",
+    "user-agent",
+    "accept",
+    "x-pad",
+    "",
+    "x-aws-ec2-metadata token",
+    "x-aws-ec2-metadata_token",
+];
+
+const VALUES: &[&str] = &[
+    "21600",
+    "0",
+    "1",
+    " 1 2",
+    "1 ",
+    "6O",
+    "",
+    "99999999999999999999",
+    "12",
+    "Google",
+    "google ",
+    "googlers",
+    "true",
+    "TRUE",
+    "false",
+    "Bearer Oracle",
+    "bearer oracle",
+    "Bearer abc",
+    "AQAEAFake==",
+    "169.254.169.254",
+    "*/*",
+    "imds-client/0.1.0",
+];
+
+/// Bytes that move the parser: separators, controls, the letters names start with.
+const SPICE: &[u8] = b":\r\n \t/\x00\x01\x7f\x80\xffxXmMaAcC-0123456789";
+
+fn random_case(s: &str, rng: &mut Rng) -> Vec<u8> {
+    s.bytes()
+        .map(|b| {
+            if rng.chance(30) {
+                b.to_ascii_uppercase()
+            } else {
+                b
+            }
+        })
+        .collect()
+}
+
+fn random_request(rng: &mut Rng, out: &mut Vec<u8>) {
+    let eol: &[u8] = if rng.chance(85) { b"\r\n" } else { b"\n" };
+    if rng.chance(5) {
+        out.extend_from_slice(eol);
+    }
+    out.extend_from_slice(
+        rng.pick(&["GET", "PUT", "HEAD", "get", "POST", "GETGETGETGET"])
+            .as_bytes(),
+    );
+    out.push(b' ');
+    match rng.below(4) {
+        0 => out.extend_from_slice(
+            rng.pick(&[
+                "/latest/api/token",
+                "/2021-03-23/api/token",
+                "/latest/meta-data/",
+                "/",
+                "/a/b/api/token",
+                "latest/api/token",
+            ])
+            .as_bytes(),
+        ),
+        1 => {
+            // Around PATH_CAP, and the 8 bytes before it.
+            let len = PATH_CAP - 12 + rng.below(24);
+            out.extend((0..len).map(|i| {
+                if i % 7 == 0 {
+                    b'/'
+                } else {
+                    b'a' + (i % 26) as u8
+                }
+            }));
+            if rng.chance(50) {
+                out.extend_from_slice(b"/api/token");
+            }
+        }
+        _ => {
+            let len = rng.below(80);
+            out.extend((0..len).map(|_| {
+                if rng.chance(20) {
+                    b'/'
+                } else {
+                    b'!' + rng.below(94) as u8
+                }
+            }));
+        }
+    }
+    out.extend_from_slice(if rng.chance(90) {
+        b" HTTP/1.1"
+    } else {
+        b" HTTP/1.1 junk\x01"
+    });
+    out.extend_from_slice(eol);
+    for _ in 0..rng.below(7) {
+        match rng.below(20) {
+            0 => out.extend_from_slice(b"  folded"),
+            1 => out.extend_from_slice(b"no colon here"),
+            2 => {
+                // A long value: overflow lands anywhere near the end.
+                out.extend_from_slice(b"X-Pad: ");
+                let len = MAX_HEAD_BYTES as usize - 120 + rng.below(200);
+                out.extend((0..len).map(|_| b'a' + rng.below(26) as u8));
+            }
+            _ => {
+                let name = *rng.pick(NAMES);
+                out.extend(random_case(name, rng));
+                out.extend_from_slice(rng.pick(&[":", ": ", " :", ":\t", ":  "]).as_bytes());
+                out.extend_from_slice(rng.pick(VALUES).as_bytes());
+            }
+        }
+        out.extend_from_slice(eol);
+    }
+    out.extend_from_slice(eol);
+}
+
+#[test]
+fn runs_and_name_matching_agree_with_the_byte_at_a_time_parser() {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    for round in 0..10_000 {
+        let mut input = Vec::new();
+        for _ in 0..1 + rng.below(3) {
+            random_request(&mut rng, &mut input);
+        }
+        // Mutations: spice, or any byte.
+        let mutations = if round % 4 == 0 { 0 } else { rng.below(6) };
+        for _ in 0..mutations {
+            let at = rng.below(input.len());
+            input[at] = if rng.chance(70) {
+                *rng.pick(SPICE)
+            } else {
+                rng.next() as u8
+            };
+        }
+        let mut cuts: Vec<usize> = (0..rng.below(4))
+            .map(|_| rng.below(input.len() + 1))
+            .collect();
+        cuts.sort_unstable();
+        compare(&input, &cuts, &mut rng);
+    }
+}
+
+#[test]
+fn every_known_name_in_every_case_agrees() {
+    let mut rng = Rng(7);
+    for name in NAMES {
+        for cut in 0..=name.len() {
+            for _ in 0..4 {
+                let mut input = b"GET / HTTP/1.1\r\n".to_vec();
+                input.extend(random_case(&name[..cut], &mut rng));
+                input.extend_from_slice(b": 60\r\n\r\n");
+                compare(&input, &[], &mut rng);
+            }
+        }
+    }
+}
+
+#[test]
+fn swar_masks_mark_exactly_the_bytes() {
+    let mut rng = Rng(3);
+    let mut words: Vec<[u8; 8]> = (0..=255u8).map(|b| [b; 8]).collect();
+    for _ in 0..20_000 {
+        let mut w = rng.next().to_le_bytes();
+        for b in &mut w {
+            if rng.chance(50) {
+                *b = *rng.pick(SPICE);
+            }
+        }
+        words.push(w);
+    }
+    for w in words {
+        let x = u64::from_le_bytes(w);
+        let marks = |f: &dyn Fn(u8) -> bool| -> u64 {
+            w.iter()
+                .enumerate()
+                .map(|(i, &b)| if f(b) { 0x80u64 << (8 * i) } else { 0 })
+                .sum()
+        };
+        assert_eq!(swar::nonzero(x), marks(&|b| b != 0), "{w:?}");
+        for c in [b'\n', b':', b'/', 0x7f, 0, 0xff] {
+            assert_eq!(swar::equal(x, c), marks(&|b| b == c), "{w:?} {c}");
+        }
+        for n in [0u8, 1, b' ', b' ' + 1, 0x7f, 0x80] {
+            assert_eq!(swar::below(x, n), marks(&|b| b < n), "{w:?} {n}");
+        }
+        assert_eq!(swar::upper(x), marks(&|b| b.is_ascii_uppercase()), "{w:?}");
+        for n in 0..=8 {
+            let from: u64 = (n..8).map(|i| 0x80u64 << (8 * i)).sum();
+            assert_eq!(swar::from(n), from);
+        }
+        let lower = u64::from_le_bytes(w.map(|b| b.to_ascii_lowercase()));
+        assert_eq!(swar::to_lower(x), lower, "{w:?}");
+        let m = swar::equal(x, b'/');
+        let first = w.iter().position(|&b| b == b'/').unwrap_or(8) as u32;
+        assert_eq!(swar::first(m), first, "{w:?}");
+        assert_eq!(
+            swar::count(m),
+            w.iter().filter(|&&b| b == b'/').count() as u32
+        );
+    }
+}
+
+#[test]
+fn header_name_table_overlaps_as_the_matcher_assumes() {
+    let name = |h: u8| &HEADER_NAMES[h as usize][..HEADER_LENS[h as usize] as usize];
+    for h in 0..HEADER_COUNT as u8 {
+        let n = name(h);
+        assert!(n.len() + 8 <= NAME_ROW);
+        assert!(
+            HEADER_NAMES[h as usize][n.len()..]
+                .iter()
+                .all(|&b| b == NAME_PAD)
+        );
+        assert!(
+            n.iter()
+                .all(|&b| b.to_ascii_lowercase() == b && b != NAME_PAD)
+        );
+        // Each name is followed along the longest name that starts with its
+        // first byte, and left only at the fork below.
+        let start = name_start(n[0]);
+        let longest = name(start);
+        let fork = n.iter().zip(longest).take_while(|(a, b)| a == b).count();
+        assert!(fork == n.len() || (start == H_TTL && fork == FORWARDED_FOR_FORK as usize));
+    }
+    assert!(name(H_TTL).starts_with(name(H_TOKEN)));
+    assert!(name(H_METADATA_FLAVOR).starts_with(name(H_METADATA)));
+}
