@@ -36,6 +36,10 @@ pub fn on_segment(ctx: &TcContext, segment: &Segment) -> Fate {
         }
         return Fate::Pass;
     }
+    if segment.payload_len == 0 && !segment.fin_or_rst {
+        // A bare ACK: nothing to read, nothing ending.
+        return Fate::Pass;
+    }
     let origin = Origin {
         key: segment.key,
         ifindex: unsafe { (*ctx.skb.skb).ifindex },

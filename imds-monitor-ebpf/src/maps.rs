@@ -1,6 +1,7 @@
 //! Maps shared by the classifier's modules and read by the daemon.
 
 use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     macros::map,
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
@@ -51,6 +52,21 @@ pub fn track_flow(key: &FlowKey, next_seq: u32) -> Option<*mut FlowState> {
     staged.attribution = 0;
     FLOWS.insert(key, &*staged, 0).ok()?;
     FLOWS.get_ptr_mut(key)
+}
+
+/// Unread bytes above which an event wakes the daemon at once. Below it
+/// the daemon's 20 ms poll picks events up: a wake-up costs an interrupt
+/// (microseconds) per event, more than classifying the request.
+const WAKEUP_BACKLOG: u64 = 1 << 20;
+
+/// Flags for submitting a ring-buffer record.
+#[inline(always)]
+pub fn submit_flags() -> u64 {
+    if EVENTS.query(BPF_RB_AVAIL_DATA as u64) > WAKEUP_BACKLOG {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
 }
 
 #[inline(always)]

@@ -19,7 +19,7 @@ use imds_monitor_common::event::{ARGS_CAP, ExecEvent, MAX_ARGS, TaskEvent, exec_
 
 use crate::{
     exempt::{EXEMPT_EXECS, PROC_EXEMPT},
-    maps::{EVENTS, count},
+    maps::{EVENTS, count, submit_flags},
 };
 
 /// Offset of `child_pid` in sched_process_fork's record (set by the loader
@@ -147,7 +147,7 @@ pub fn imds_exec(_ctx: TracePointContext) -> u32 {
                 .copied()
                 .unwrap_or(0);
             let _ = PROC_EXEMPT.insert(&event.tgid, &bits, 0);
-            entry.submit(0);
+            entry.submit(submit_flags());
         }
         None => count(stat::LOST_EVENTS),
     }
@@ -195,7 +195,7 @@ fn task_event(kind: u8, tgid: u32, child: u32) {
         _pad2: 0,
         boot_ns: unsafe { bpf_ktime_get_boot_ns() },
     };
-    if EVENTS.output::<TaskEvent>(&event, 0).is_err() {
+    if EVENTS.output::<TaskEvent>(&event, submit_flags()).is_err() {
         count(stat::LOST_EVENTS);
     }
 }

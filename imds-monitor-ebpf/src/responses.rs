@@ -18,7 +18,7 @@ use imds_monitor_common::{
 
 use crate::{
     flow::{Advance, advance},
-    maps::{EVENTS, FLOWS, SCAN_CAP, count},
+    maps::{EVENTS, FLOWS, SCAN_CAP, count, submit_flags},
     packet::Segment,
     scan::load_payload,
 };
@@ -137,5 +137,5 @@ fn emit_response(flow: &FlowState, segment: &Segment, ifindex: u32) {
     event._pad2 = [0; 4];
     event.boot_ns = unsafe { bpf_ktime_get_boot_ns() };
     event.owner = flow.owner;
-    entry.submit(0);
+    entry.submit(submit_flags());
 }

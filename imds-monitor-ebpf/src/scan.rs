@@ -16,7 +16,7 @@ use imds_monitor_common::{
     http::{Step, flag},
 };
 
-use crate::maps::{ACTIONS, EVENTS, SCAN_CAP, SCRATCH, count};
+use crate::maps::{ACTIONS, EVENTS, SCAN_CAP, SCRATCH, count, submit_flags};
 
 /// Where a request came from, copied into each event of a packet.
 pub struct Origin {
@@ -254,5 +254,5 @@ pub fn emit(origin: &Origin, flow: &FlowState, class: RequestClass, reason: Inva
     event.request_index = flow.requests;
     event.forwarded = flow.forwarded;
     event._pad2 = [0; 5];
-    entry.submit(0);
+    entry.submit(submit_flags());
 }

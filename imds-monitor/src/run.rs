@@ -33,8 +33,8 @@ use crate::{
 
 /// Records handled per wake-up before the sink is written and signals polled.
 const BATCH: usize = 4096;
-/// Pause after each batch, so a busy host costs a wake-up per 20 ms, not per
-/// request; events reach the output at most this much later.
+/// How often queued events are collected: a busy host costs a wake-up per
+/// 20 ms, not per request; events reach the output at most this much later.
 const COALESCE: Duration = Duration::from_millis(20);
 
 pub fn run(args: RunArgs) -> Result<()> {
@@ -147,6 +147,8 @@ async fn run_until_signal(args: RunArgs) -> Result<()> {
         written: 0,
     };
     let mut sweep = tokio::time::interval(Duration::from_secs(30));
+    let mut poll = tokio::time::interval(COALESCE);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut summary = tokio::time::interval_at(
         tokio::time::Instant::now() + args.summary_interval,
         args.summary_interval,
@@ -155,13 +157,13 @@ async fn run_until_signal(args: RunArgs) -> Result<()> {
     let mut lost_check = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
+            // The kernel wakes us only for a backlog (BPF_RB_NO_WAKEUP
+            // otherwise): events are collected every 20 ms, one write a batch.
+            _ = poll.tick() => while writer.drain(events.get_mut(), &info, &mut sink)? == BATCH {},
             ready = events.readable_mut() => {
                 let mut ready = ready?;
                 writer.drain(ready.get_inner_mut(), &info, &mut sink)?;
                 ready.clear_ready();
-                // Let events gather: one wake-up and one write per batch
-                // instead of per event (the ring buffer holds 4 MiB).
-                tokio::time::sleep(COALESCE).await;
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
@@ -171,6 +173,9 @@ async fn run_until_signal(args: RunArgs) -> Result<()> {
                     Err(e) => log::warn!("SIGHUP: kept the current output: {e:#}"),
                 }
                 if let Some(path) = &args.policy {
+                    // Queued events were judged under the old policy: write
+                    // them out while their rule names still mean that.
+                    while writer.drain(events.get_mut(), &info, &mut sink)? == BATCH {}
                     let event = reload_policy(path, args.mode, &cgroup_root, &mut kernel, &mut writer);
                     sink.write_value(&ecs::policy_reload(&info, path, event))?;
                 }
