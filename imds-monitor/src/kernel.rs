@@ -100,6 +100,9 @@ impl Pins {
     /// The pin directory, mounting bpffs at its parent if it is not one.
     pub fn open(dir: &Path) -> Result<Self> {
         let parent = dir.parent().context("--pin-dir has no parent directory")?;
+        // Daemons starting together must not each mount bpffs: a second
+        // mount would hide the first one's pins.
+        let _guard = mount_lock()?;
         let is_bpffs =
             nix::sys::statfs::statfs(parent).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC);
         if !is_bpffs {
@@ -531,8 +534,23 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::
         .with_context(|| format!("program {name} missing from the object"))
 }
 
+/// Held while checking for and mounting a file system, so daemons starting
+/// together mount it once (stacked mounts would hide what the first holds).
+fn mount_lock() -> Result<nix::fcntl::Flock<fs::File>> {
+    const LOCK: &str = "/run/imds-monitor.mount.lock";
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(LOCK)
+        .with_context(|| format!("opening {LOCK}"))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| anyhow!("locking {LOCK}: {e}"))
+}
+
 /// The tracefs mount, mounted at /sys/kernel/tracing if no tracefs is.
 fn tracefs() -> Result<std::path::PathBuf> {
+    let _guard = mount_lock()?;
     for dir in ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"] {
         if Path::new(dir).join("events").is_dir() {
             return Ok(dir.into());
