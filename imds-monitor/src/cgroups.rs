@@ -96,6 +96,32 @@ pub fn subtree(root: &Path, requested: Option<&Path>) -> Result<Subtree> {
     })
 }
 
+/// Every cgroup below `root`: its id (the directory's inode, which is what
+/// `bpf_get_current_cgroup_id` returns) and its path relative to `root`.
+pub fn walk(root: &Path) -> Vec<(u64, String)> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(meta) = fs::metadata(&dir) else {
+            continue;
+        };
+        let rel = dir
+            .strip_prefix(root)
+            .map(|r| format!("/{}", r.display()))
+            .unwrap_or_default();
+        out.push((meta.ino(), rel));
+        if let Ok(entries) = fs::read_dir(&dir) {
+            stack.extend(
+                entries
+                    .flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
+        }
+    }
+    out
+}
+
 /// Cgroup id to path, by walking the hierarchy. An unknown id walks again
 /// (new containers and services appear all the time); an id that a walk did
 /// not find is not looked for again for a second, so a removed cgroup costs
@@ -142,26 +168,7 @@ impl CgroupPaths {
     }
 
     fn walk(&mut self) {
-        self.by_id.clear();
-        let mut stack = vec![self.root.clone()];
-        while let Some(dir) = stack.pop() {
-            let Ok(meta) = fs::metadata(&dir) else {
-                continue;
-            };
-            let rel = dir
-                .strip_prefix(&self.root)
-                .map(|r| format!("/{}", r.display()))
-                .unwrap_or_default();
-            self.by_id.insert(meta.ino(), rel);
-            let Ok(entries) = fs::read_dir(&dir) else {
-                continue;
-            };
-            for entry in entries.flatten() {
-                if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                    stack.push(entry.path());
-                }
-            }
-        }
+        self.by_id = walk(&self.root).into_iter().collect();
     }
 }
 

@@ -159,10 +159,10 @@ async fn run_until_signal(args: RunArgs) -> Result<()> {
         tokio::select! {
             // The kernel wakes us only for a backlog (BPF_RB_NO_WAKEUP
             // otherwise): events are collected every 20 ms, one write a batch.
-            _ = poll.tick() => while writer.drain(events.get_mut(), &info, &mut sink)? == BATCH {},
+            _ = poll.tick() => writer.drain_all(events.get_mut(), &info, &mut sink)?,
             ready = events.readable_mut() => {
                 let mut ready = ready?;
-                writer.drain(ready.get_inner_mut(), &info, &mut sink)?;
+                writer.drain_all(ready.get_inner_mut(), &info, &mut sink)?;
                 ready.clear_ready();
             }
             _ = sigint.recv() => break,
@@ -175,7 +175,7 @@ async fn run_until_signal(args: RunArgs) -> Result<()> {
                 if let Some(path) = &args.policy {
                     // Queued events were judged under the old policy: write
                     // them out while their rule names still mean that.
-                    while writer.drain(events.get_mut(), &info, &mut sink)? == BATCH {}
+                    writer.drain_all(events.get_mut(), &info, &mut sink)?;
                     let event = reload_policy(path, args.mode, &cgroup_root, &mut kernel, &mut writer);
                     sink.write_value(&ecs::policy_reload(&info, path, event))?;
                 }
@@ -197,7 +197,7 @@ async fn run_until_signal(args: RunArgs) -> Result<()> {
 
     kernel.detach_all();
     // Detached: nothing new arrives; what is queued still gets written.
-    while writer.drain(events.get_mut(), &info, &mut sink)? == BATCH {}
+    writer.drain_all(events.get_mut(), &info, &mut sink)?;
     let totals = stats::read(&stats_map)?;
     sink.write_value(&ecs::stopped(
         &info,
@@ -328,6 +328,17 @@ impl EventWriter {
         }
         sink.write_batch(&self.batch).context("writing events")?;
         Ok(handled)
+    }
+
+    /// Handles everything queued, a batch per write.
+    fn drain_all(
+        &mut self,
+        ring: &mut RingBuf<MapData>,
+        info: &RunInfo,
+        sink: &mut Sink,
+    ) -> Result<()> {
+        while self.drain(ring, info, sink)? == BATCH {}
+        Ok(())
     }
 
     fn push(&mut self, doc: &serde_json::Value) -> Result<()> {

@@ -4,7 +4,7 @@
 //! kernel then decides at connect() and at packet time, with no round trip
 //! to the daemon (see imds-monitor-ebpf/src/exempt.rs).
 
-use std::{collections::HashMap, fs, os::unix::fs::MetadataExt, path::Path};
+use std::{collections::HashMap, fs, path::Path};
 
 use anyhow::{Result, bail};
 use imds_monitor_common::{
@@ -20,7 +20,7 @@ use super::{
     decide::WorkloadFacts,
     model::{Action, Matcher, Policy},
 };
-use crate::workload::Workload;
+use crate::{cgroups, workload::Workload};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Compiled {
@@ -71,31 +71,6 @@ fn executable_aliases(exe: &str) -> Vec<String> {
     names
 }
 
-/// Every cgroup below the root: (id, path relative to the root).
-fn walk_cgroups(root: &Path) -> Vec<(u64, String)> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(meta) = fs::metadata(&dir) else {
-            continue;
-        };
-        let rel = dir
-            .strip_prefix(root)
-            .map(|r| format!("/{}", r.display()))
-            .unwrap_or_default();
-        out.push((meta.ino(), rel));
-        if let Ok(entries) = fs::read_dir(&dir) {
-            stack.extend(
-                entries
-                    .flatten()
-                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                    .map(|e| e.path()),
-            );
-        }
-    }
-    out
-}
-
 pub fn compile(policy: &Policy, mode: Mode, cgroup_root: &Path) -> Result<Compiled> {
     if policy.exceptions.len() > MAX_EXCEPTIONS {
         bail!("at most {MAX_EXCEPTIONS} exceptions can be enforced in the kernel");
@@ -105,7 +80,7 @@ pub fn compile(policy: &Policy, mode: Mode, cgroup_root: &Path) -> Result<Compil
         let drops = mode == Mode::Enforce && policy.action(class) == Action::Drop;
         c.actions[class as usize] = if drops { action::DROP } else { action::PASS };
     }
-    let cgroups = walk_cgroups(cgroup_root);
+    let cgroups = cgroups::walk(cgroup_root);
     let workloads: Vec<(u64, &str, Workload)> = cgroups
         .iter()
         .map(|(id, path)| (*id, path.as_str(), Workload::from_cgroup_path(path)))
