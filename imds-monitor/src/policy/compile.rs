@@ -80,7 +80,19 @@ pub fn compile(policy: &Policy, mode: Mode, cgroup_root: &Path) -> Result<Compil
         let drops = mode == Mode::Enforce && policy.action(class) == Action::Drop;
         c.actions[class as usize] = if drops { action::DROP } else { action::PASS };
     }
-    let cgroups = cgroups::walk(cgroup_root);
+    // The hierarchy and /proc are read only for the kinds of matcher in use:
+    // with no exceptions (the default) a start reads neither.
+    let uses = |kind: fn(&Matcher) -> bool| {
+        policy
+            .exceptions
+            .iter()
+            .any(|e| e.matchers.iter().any(kind))
+    };
+    let cgroups = if uses(|m| !matches!(m, Matcher::Executable(_))) {
+        cgroups::walk(cgroup_root)
+    } else {
+        Vec::new()
+    };
     let workloads: Vec<(u64, &str, Workload)> = cgroups
         .iter()
         .map(|(id, path)| (*id, path.as_str(), Workload::from_cgroup_path(path)))
@@ -101,17 +113,21 @@ pub fn compile(policy: &Policy, mode: Mode, cgroup_root: &Path) -> Result<Compil
             )
         })
         .collect();
-    let executables: Vec<(u32, String)> = fs::read_dir("/proc")
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| {
-                    let pid = e.file_name().to_str()?.parse::<u32>().ok()?;
-                    let exe = fs::read_link(e.path().join("exe")).ok()?;
-                    Some((pid, exe.to_string_lossy().into_owned()))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let executables: Vec<(u32, String)> = if !uses(|m| matches!(m, Matcher::Executable(_))) {
+        Vec::new()
+    } else {
+        fs::read_dir("/proc")
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| {
+                        let pid = e.file_name().to_str()?.parse::<u32>().ok()?;
+                        let exe = fs::read_link(e.path().join("exe")).ok()?;
+                        Some((pid, exe.to_string_lossy().into_owned()))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
     for (i, exception) in policy.exceptions.iter().enumerate() {
         let bit = 1u64 << i;
         c.needs[needs::DEFINED as usize] |= bit;
