@@ -106,7 +106,8 @@ pub struct RequestEvent {
     pub request_index: u16,
     /// 1 when the request was forwarded (no local socket).
     pub forwarded: u8,
-    pub _pad2: [u8; 5],
+    pub _pad2: u8,
+    pub _pad3: u32,
 }
 
 /// The status line of a response from an endpoint, seen on the way in.
@@ -127,11 +128,14 @@ pub struct ResponseEvent {
     pub sport: u16,
     pub dport: u16,
     pub attribution: u8,
-    pub _pad: [u8; 3],
+    // Not one `[u8; 3]`: zeroing that is a `memset` call on eBPF.
+    pub _pad: u8,
+    pub _pad1: u16,
     pub ifindex: u32,
+    pub _pad2: u32,
+    /// 8-byte aligned, like `FlowKey`'s, so they copy a word at a time.
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
-    pub _pad2: [u8; 4],
     pub boot_ns: u64,
     pub owner: Owner,
 }
@@ -162,7 +166,8 @@ impl RequestEvent {
             owner: Owner::zeroed(),
             request_index: 0,
             forwarded: 0,
-            _pad2: [0; 5],
+            _pad2: 0,
+            _pad3: 0,
         }
     }
 }

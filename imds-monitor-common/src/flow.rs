@@ -3,7 +3,8 @@
 use crate::{event::Owner, http::RequestParser, response::ResponseReader};
 
 /// A TCP connection to an IMDS endpoint, as seen on the classifier's interface.
-#[repr(C)]
+/// 8-byte aligned so that the kernel copies its addresses a word at a time.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FlowKey {
     pub saddr: [u8; 16],
@@ -12,7 +13,9 @@ pub struct FlowKey {
     pub sport: u16,
     pub dport: u16,
     pub family: u8,
-    pub _pad: [u8; 3],
+    // Not one `[u8; 3]`: zeroing that is a `memset` call on eBPF.
+    pub _pad: u8,
+    pub _pad2: u16,
 }
 
 /// Bits of [`FlowState::flags`].
@@ -38,7 +41,8 @@ pub struct FlowState {
     pub response: ResponseReader,
     /// Sequence number of the next payload byte not yet fed to the parser.
     pub next_seq: u32,
-    /// Initial sequence number + 1, when the SYN was seen (else 0).
+    /// Sequence number of the first payload byte seen: the initial sequence
+    /// number + 1, unless the connection was open before the monitor saw it.
     pub first_seq: u32,
     /// Body bytes of the last request still to skip (Content-Length).
     pub body_left: u32,

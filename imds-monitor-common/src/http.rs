@@ -251,22 +251,24 @@ impl RequestParser {
     /// they are filled and only read up to their lengths.
     #[inline(always)]
     pub fn reset(&mut self) {
-        self.path_tail = 0;
-        self.path_tail_hi = 0;
-        self.path_slashes = 0;
-        self.ttl = 0;
-        self.content_length = 0;
-        self.flags = 0;
-        self.path_len = 0;
-        self.head_bytes = 0;
-        self.value_len = 0;
-        self.phase = phase::METHOD;
-        self.method_len = 0;
-        self.name_len = 0;
-        self.name_ref = H_NONE;
-        self.current = H_NONE;
-        self.value_matches = 0;
-        self.number_ended = 0;
+        set_fields!(self, {
+            path_tail: 0,
+            path_tail_hi: 0,
+            path_slashes: 0,
+            ttl: 0,
+            content_length: 0,
+            flags: 0,
+            path_len: 0,
+            head_bytes: 0,
+            value_len: 0,
+            phase: phase::METHOD,
+            method_len: 0,
+            name_len: 0,
+            name_ref: H_NONE,
+            current: H_NONE,
+            value_matches: 0,
+            number_ended: 0,
+        });
     }
 
     /// True once any byte of a request (not just blank lines) has been seen.

@@ -3,6 +3,18 @@
 //! map values and ring-buffer records.
 #![cfg_attr(not(test), no_std)]
 
+/// Assigns fields with stores LLVM may not merge. It turns runs of small
+/// stores into a `memset` call, and on eBPF that call is a loop writing one
+/// byte per iteration, several times slower than the stores themselves.
+macro_rules! set_fields {
+    ($target:expr, { $($field:ident: $value:expr),* $(,)? }) => {
+        $(
+            // SAFETY: a place expression of the matching type, written in place.
+            unsafe { core::ptr::write_volatile(&raw mut $target.$field, $value) };
+        )*
+    };
+}
+
 pub mod class;
 pub mod config;
 pub mod event;

@@ -63,7 +63,17 @@ impl ResponseReader {
 
     #[inline(always)]
     fn next_response(&mut self) {
-        *self = Self::new();
+        // Field by field: `*self = Self::new()` becomes a `memset` call.
+        set_fields!(self, {
+            body_left: 0,
+            content_length: 0,
+            status: 0,
+            line_pos: 0,
+            phase: phase::VERSION,
+            matches_length: 0,
+            in_length: 0,
+            has_length: 0,
+        });
     }
 
     #[inline(always)]
@@ -188,6 +198,16 @@ impl ResponseReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn next_response_starts_over_like_new() {
+        let mut r = ResponseReader::new();
+        for &b in b"HTTP/1.1 404 Not Found\r\nContent-Length: 5\r\n\r\nab" {
+            r.feed(b);
+        }
+        r.next_response();
+        assert_eq!(format!("{r:?}"), format!("{:?}", ResponseReader::new()));
+    }
 
     fn statuses(stream: &[u8]) -> (Vec<u16>, usize) {
         let mut r = ResponseReader::new();

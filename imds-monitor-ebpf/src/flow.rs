@@ -10,6 +10,7 @@ use imds_monitor_common::{
 
 use crate::{
     attribution::{BY_SEQUENCE, CONNECTS},
+    copy,
     maps::{FLOWS, count, track_flow},
     packet::Segment,
     scan::{self, Origin},
@@ -29,10 +30,11 @@ pub enum Fate {
 #[inline(always)]
 pub fn on_segment(ctx: &TcContext, segment: &Segment) -> Fate {
     if segment.syn {
-        // A new connection: its first payload byte is seq + 1.
-        let first = segment.seq.wrapping_add(1);
-        if let Some(flow) = track_flow(&segment.key, first) {
-            unsafe { (*flow).first_seq = first };
+        // A new connection. Its state is made with its first payload byte
+        // (most connections to a port never send one), so here only an
+        // entry left by an earlier connection on the same ports goes.
+        if FLOWS.get_ptr(&segment.key).is_some() {
+            let _ = FLOWS.remove(&segment.key);
         }
         return Fate::Pass;
     }
@@ -67,9 +69,16 @@ fn on_payload(ctx: &TcContext, segment: &Segment, origin: &Origin) -> Fate {
     let flow = match FLOWS.get_ptr_mut(&segment.key) {
         Some(flow) => flow,
         None => {
-            // Seen mid-connection (the monitor started while it was open, or
-            // the entry was evicted): start parsing here.
-            match track_flow(&segment.key, segment.seq) {
+            // The connection's first payload, or one seen mid-connection
+            // (the monitor started while it was open, or the entry was
+            // evicted): start parsing here. On egress the first payload
+            // byte is the initial sequence number + 1, which finds a
+            // forwarded connection's owner; mid-connection that lookup
+            // simply misses.
+            if !track_flow(&segment.key, segment.seq) {
+                return Fate::Pass;
+            }
+            match FLOWS.get_ptr_mut(&segment.key) {
                 Some(flow) => flow,
                 None => return Fate::Pass,
             }
@@ -146,12 +155,9 @@ pub fn advance(expected: u32, seq: u32, len: u32) -> Advance {
 fn find_owner(flow: &mut FlowState, segment: &Segment, socket_cookie: u64) {
     if socket_cookie != 0 {
         if let Some(owner) = unsafe { CONNECTS.get(&socket_cookie) } {
-            flow.owner = *owner;
+            copy::owner(&mut flow.owner, owner);
             flow.attribution = attribution::SOCKET;
         }
-        return;
-    }
-    if flow.first_seq == 0 {
         return;
     }
     let key = SeqKey {
@@ -162,7 +168,7 @@ fn find_owner(flow: &mut FlowState, segment: &Segment, socket_cookie: u64) {
         seq: flow.first_seq,
     };
     if let Some(owner) = unsafe { BY_SEQUENCE.get(&key) } {
-        flow.owner = *owner;
+        copy::owner(&mut flow.owner, owner);
         flow.attribution = attribution::SEQUENCE;
     }
 }

@@ -10,6 +10,7 @@
 #![no_main]
 
 mod attribution;
+mod copy;
 mod enforce;
 mod exempt;
 mod flow;

@@ -39,19 +39,21 @@ pub static SCRATCH: PerCpuArray<[u8; SCAN_CAP]> = PerCpuArray::with_max_entries(
 #[map]
 static NEW_FLOW: PerCpuArray<FlowState> = PerCpuArray::with_max_entries(1, 0);
 
-/// Starts tracking a connection whose next payload byte has sequence `next_seq`.
+/// Starts tracking a connection at the payload byte with sequence
+/// `next_seq`. Returns whether the entry was made.
 #[inline(always)]
-pub fn track_flow(key: &FlowKey, next_seq: u32) -> Option<*mut FlowState> {
-    let staged = NEW_FLOW.get_ptr_mut(0)?;
+pub fn track_flow(key: &FlowKey, next_seq: u32) -> bool {
+    let Some(staged) = NEW_FLOW.get_ptr_mut(0) else {
+        return false;
+    };
     let staged = unsafe { &mut *staged };
     staged.parser.reset();
     staged.next_seq = next_seq;
-    staged.first_seq = 0;
+    staged.first_seq = next_seq;
     staged.body_left = 0;
     staged.flags = 0;
     staged.attribution = 0;
-    FLOWS.insert(key, &*staged, 0).ok()?;
-    FLOWS.get_ptr_mut(key)
+    FLOWS.insert(key, &*staged, 0).is_ok()
 }
 
 /// Unread bytes above which an event wakes the daemon at once. Below it

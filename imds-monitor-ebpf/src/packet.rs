@@ -143,7 +143,8 @@ fn ipv4_segment<const RESPONSE: bool>(ctx: &TcContext) -> Option<Segment> {
         sport: 0,
         dport: 0,
         family: AF_INET,
-        _pad: [0; 3],
+        _pad: 0,
+        _pad2: 0,
     };
     key.saddr[..4].copy_from_slice(&client);
     key.daddr[..4].copy_from_slice(&endpoint);
@@ -183,7 +184,8 @@ fn ipv6_segment<const RESPONSE: bool>(ctx: &TcContext) -> Option<Segment> {
         sport: 0,
         dport: 0,
         family: AF_INET6,
-        _pad: [0; 3],
+        _pad: 0,
+        _pad2: 0,
     };
     let payload_len = u16::from_be_bytes(ip.payload_len) as u32;
     let payload_len = if payload_len != 0 {

@@ -17,6 +17,7 @@ use imds_monitor_common::{
 };
 
 use crate::{
+    copy,
     flow::{Advance, advance},
     maps::{EVENTS, FLOWS, SCAN_CAP, count, submit_flags},
     packet::Segment,
@@ -130,12 +131,16 @@ fn emit_response(flow: &FlowState, segment: &Segment, ifindex: u32) {
     event.sport = segment.key.sport;
     event.dport = segment.key.dport;
     event.attribution = flow.attribution;
-    event._pad = [0; 3];
+    event._pad = 0;
+    event._pad1 = 0;
     event.ifindex = ifindex;
-    event.saddr = segment.key.saddr;
-    event.daddr = segment.key.daddr;
-    event._pad2 = [0; 4];
+    event._pad2 = 0;
+    // The key's and the event's addresses are 8-byte aligned.
+    unsafe {
+        copy::addr(&mut event.saddr, &segment.key.saddr);
+        copy::addr(&mut event.daddr, &segment.key.daddr);
+    }
     event.boot_ns = unsafe { bpf_ktime_get_boot_ns() };
-    event.owner = flow.owner;
+    copy::owner(&mut event.owner, &flow.owner);
     entry.submit(submit_flags());
 }

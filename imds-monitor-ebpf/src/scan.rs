@@ -16,7 +16,10 @@ use imds_monitor_common::{
     http::{Step, flag},
 };
 
-use crate::maps::{ACTIONS, EVENTS, SCAN_CAP, SCRATCH, count, submit_flags};
+use crate::{
+    copy,
+    maps::{ACTIONS, EVENTS, SCAN_CAP, SCRATCH, count, submit_flags},
+};
 
 /// Where a request came from, copied into each event of a packet.
 pub struct Origin {
@@ -242,17 +245,21 @@ pub fn emit(origin: &Origin, flow: &FlowState, class: RequestClass, reason: Inva
     event.dport = origin.key.dport;
     event.ifindex = origin.ifindex;
     event.ttl = parser.ttl;
-    event.saddr = origin.key.saddr;
-    event.daddr = origin.key.daddr;
+    // The key's and the event's addresses are 8-byte aligned.
+    unsafe {
+        copy::addr(&mut event.saddr, &origin.key.saddr);
+        copy::addr(&mut event.daddr, &origin.key.daddr);
+    }
     event.boot_ns = unsafe { bpf_ktime_get_boot_ns() };
     event.socket_cookie = origin.socket_cookie;
     event.attribution = flow.attribution;
     event._pad = 0;
     event.method = parser.method;
-    event.path = parser.path;
-    event.owner = flow.owner;
+    copy::path(&mut event.path, &parser.path, parser.path_len);
+    copy::owner(&mut event.owner, &flow.owner);
     event.request_index = flow.requests;
     event.forwarded = flow.forwarded;
-    event._pad2 = [0; 5];
+    event._pad2 = 0;
+    event._pad3 = 0;
     entry.submit(submit_flags());
 }

@@ -600,3 +600,16 @@ fn header_name_table_overlaps_as_the_matcher_assumes() {
     assert!(name(H_TTL).starts_with(name(H_TOKEN)));
     assert!(name(H_METADATA_FLAVOR).starts_with(name(H_METADATA)));
 }
+
+/// `reset` writes field by field; it must leave what `new` makes, apart
+/// from the path and method bytes, which are read only up to their lengths.
+#[test]
+fn reset_leaves_the_state_new_makes() {
+    let (step, mut p) = parse(PUT);
+    assert_eq!(step, Step::Complete);
+    p.reset();
+    let mut fresh = RequestParser::new();
+    fresh.path = p.path;
+    fresh.method = p.method;
+    assert_eq!(format!("{p:?}"), format!("{fresh:?}"));
+}
