@@ -2,6 +2,7 @@
 //! readers of kernel and /proc statistics, the phases, and the report.
 
 pub mod daemon;
+pub mod isolated;
 pub mod load;
 pub mod phases;
 pub mod procfs;

@@ -28,6 +28,8 @@ pub struct Plan {
     /// Parallel clients for the burst, and requests per connection.
     pub burst_clients: u32,
     pub burst_pipeline: u32,
+    /// Connections per workload in the isolated runs (warm; a third cold).
+    pub isolated_iterations: u32,
 }
 
 impl Plan {
@@ -46,6 +48,7 @@ impl Plan {
             burst_duration: Duration::from_secs(5),
             burst_clients: 4,
             burst_pipeline: 8,
+            isolated_iterations: 3_000,
         }
     }
 
@@ -59,6 +62,7 @@ impl Plan {
             v2_clients: 40,
             steady_duration: Duration::from_secs(3),
             burst_duration: Duration::from_secs(2),
+            isolated_iterations: 600,
             ..Self::full()
         }
     }

@@ -8,6 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 
+use super::isolated::Isolated;
 use super::phases::{KernelCost, KernelRow, Load};
 use super::procfs::Machine;
 use super::progstats::HookKind;
@@ -37,6 +38,7 @@ pub struct Report {
     pub kernel: KernelCost,
     pub steady: Load,
     pub burst: Load,
+    pub isolated: Isolated,
 }
 
 /// One target and how the run did against it.
@@ -210,6 +212,58 @@ impl Report {
         (header, rows)
     }
 
+    fn isolated_title(&self) -> String {
+        format!(
+            "The classifier per packet type, in isolation (BPF_PROG_TEST_RUN, medians of {} \
+             connections warm, {} cold)",
+            thousands(u64::from(self.isolated.iterations)),
+            thousands(u64::from(self.isolated.iterations / 3)),
+        )
+    }
+
+    fn isolated_table(&self) -> (Vec<&'static str>, Vec<Vec<String>>) {
+        let header = vec![
+            "connection",
+            "caches",
+            "SYN ns",
+            "handshake ACK ns",
+            "request ns",
+            "ACK ns",
+            "FIN ns",
+            "connection ns",
+        ];
+        let rows = self
+            .isolated
+            .rows
+            .iter()
+            .map(|r| {
+                vec![
+                    format!("{} ({} bytes)", r.label, r.request_bytes),
+                    if r.cold {
+                        "1 MiB touched before each packet"
+                    } else {
+                        "warm"
+                    }
+                    .to_owned(),
+                    thousands(r.syn.into()),
+                    thousands(r.handshake_ack.into()),
+                    thousands(r.request.into()),
+                    thousands(r.ack.into()),
+                    thousands(r.fin.into()),
+                    thousands(r.connection().into()),
+                ]
+            })
+            .collect();
+        (header, rows)
+    }
+
+    fn isolated_non_imds(&self) -> String {
+        let (classifier, empty) = self.isolated.non_imds;
+        format!(
+            "A 1 KiB non-IMDS packet, same way: classifier {classifier} ns, empty program {empty} ns."
+        )
+    }
+
     fn checks_table(&self) -> (Vec<&'static str>, Vec<Vec<String>>) {
         let rows = self
             .checks()
@@ -278,6 +332,10 @@ impl Report {
         let _ = writeln!(out, "\nDaemon under load");
         let (h, r) = self.load_table();
         out.push_str(&text_table(&h, &r));
+        let _ = writeln!(out, "\n{}", self.isolated_title());
+        let (h, r) = self.isolated_table();
+        out.push_str(&text_table(&h, &r));
+        let _ = writeln!(out, "  {}", self.isolated_non_imds());
         let _ = writeln!(out, "\nTargets");
         let (h, r) = self.checks_table();
         out.push_str(&text_table(&h, &r));
@@ -316,6 +374,10 @@ impl Report {
         let _ = writeln!(out, "\n### Daemon under load\n");
         let (h, r) = self.load_table();
         out.push_str(&md_table(&h, &r));
+        let _ = writeln!(out, "\n### {}\n", self.isolated_title());
+        let (h, r) = self.isolated_table();
+        out.push_str(&md_table(&h, &r));
+        let _ = writeln!(out, "\n{}", self.isolated_non_imds());
         let _ = writeln!(out, "\n### Targets\n");
         let (h, r) = self.checks_table();
         out.push_str(&md_table(&h, &r));

@@ -5,6 +5,8 @@
 //!    IMDSv1 and IMDSv2 traffic, from the kernel's BPF run-time statistics.
 //! 2. The daemon's CPU and peak RSS while clients keep 1,000 requests/s up.
 //! 3. Lost events at 5,000 requests/s.
+//! 4. The classifier per packet type, in isolation: the daemon's eBPF object
+//!    run with `BPF_PROG_TEST_RUN` on hand-made packets, caches warm and cold.
 //!
 //! Targets are reported as PASS or FAIL, never enforced: the exit code is 0
 //! unless something could not be measured. Run it with `cargo xtask bench`
@@ -77,16 +79,16 @@ fn run(args: &Args) -> Result<()> {
 
     let load_at_start = procfs::load_average();
     let sandbox = Sandbox::builder().build().context("building the sandbox")?;
-    eprintln!("imds-bench: [1/3] kernel cost per packet and per request");
+    eprintln!("imds-bench: [1/4] kernel cost per packet and per request");
     let kernel = phases::kernel_cost(&sandbox, &plan)?;
     eprintln!(
-        "imds-bench: [2/3] daemon at {} req/s for {:?}",
+        "imds-bench: [2/4] daemon at {} req/s for {:?}",
         plan.steady_rate, plan.steady_duration
     );
     // New connection per request: the costliest shape for every part.
     let steady = phases::under_load(&sandbox, plan.steady_rate, plan.steady_duration, 2, 1)?;
     eprintln!(
-        "imds-bench: [3/3] lost events at {} req/s for {:?}",
+        "imds-bench: [3/4] lost events at {} req/s for {:?}",
         plan.burst_rate, plan.burst_duration
     );
     let burst = phases::under_load(
@@ -97,6 +99,8 @@ fn run(args: &Args) -> Result<()> {
         plan.burst_pipeline,
     )?;
     drop(sandbox);
+    eprintln!("imds-bench: [4/4] the classifier per packet type, in isolation");
+    let isolated = bench::isolated::measure(&monitor, plan.isolated_iterations)?;
 
     let report = Report {
         machine: Machine::read(),
@@ -107,6 +111,7 @@ fn run(args: &Args) -> Result<()> {
         kernel,
         steady,
         burst,
+        isolated,
     };
     print!("{}", report.text());
     if args.write_md {
