@@ -7,6 +7,10 @@ fn main() -> anyhow::Result<()> {
     let root = env!("CARGO_MANIFEST_DIR");
     // The kernel crate also compiles the shared parser: rebuild when it changes.
     println!("cargo:rerun-if-changed={root}/../imds-monitor-common/src");
+    // The workspace manifest holds the kernel crate's release profile and
+    // dependency versions; without this a profile change kept the old object.
+    println!("cargo:rerun-if-changed={root}/../Cargo.toml");
+    println!("cargo:rerun-if-changed={root}/../Cargo.lock");
     let ebpf_dir = format!("{root}/../imds-monitor-ebpf");
     aya_build::build_ebpf(
         [Package {
