@@ -35,7 +35,7 @@ const TTL_NEEDED_FORWARDED: u8 = 2;
 
 const HOP_LIMIT_FIX: &str = "aws ec2 modify-instance-metadata-options --instance-id <instance-id> --http-put-response-hop-limit 2 (or HttpPutResponseHopLimit=2 in the launch template or AMI)";
 
-/// One diagnosis, rendered by `output::ecs::finding`.
+/// One diagnosis, rendered by `output::traffic::finding`.
 #[derive(Clone, Debug)]
 pub struct Finding {
     /// `event.action`.

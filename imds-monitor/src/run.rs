@@ -25,6 +25,7 @@ use crate::{
     output::{
         ecs::{self, RunInfo},
         sink::{Rotation, Sink},
+        traffic,
     },
     policy::{Mode, compile::compile, model::Policy, parse},
     processes::ProcessCache,
@@ -318,12 +319,12 @@ impl EventWriter {
             let decision = info
                 .mode
                 .decide(&self.policy, request.class, exception, dropped);
-            self.push(&ecs::request(
+            self.push(&traffic::request(
                 &request, &sender, &decision, &interface, info,
             ))?;
             self.written += 1;
             for finding in self.diagnoser.on_request(&request, &sender, Instant::now()) {
-                self.push(&ecs::finding(&finding, &interface, info))?;
+                self.push(&traffic::finding(&finding, &interface, info))?;
             }
         }
         sink.write_batch(&self.batch).context("writing events")?;
@@ -341,7 +342,7 @@ impl EventWriter {
         Ok(())
     }
 
-    fn push(&mut self, doc: &serde_json::Value) -> Result<()> {
+    fn push(&mut self, doc: &impl serde::Serialize) -> Result<()> {
         serde_json::to_writer(&mut self.batch, doc)?;
         self.batch.push(b'\n');
         Ok(())
@@ -355,11 +356,11 @@ impl EventWriter {
             return Ok(());
         };
         let interface = self.names.name(response.ifindex).to_owned();
-        self.push(&ecs::response(
+        self.push(&traffic::response(
             response, &request, &sender, &interface, info,
         ))?;
         for finding in findings {
-            self.push(&ecs::finding(&finding, &interface, info))?;
+            self.push(&traffic::finding(&finding, &interface, info))?;
         }
         Ok(())
     }
