@@ -20,6 +20,7 @@ mod processes;
 mod report;
 mod run;
 mod stats;
+mod tick;
 mod workload;
 
 use std::process::ExitCode;

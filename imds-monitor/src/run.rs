@@ -30,6 +30,7 @@ use crate::{
     policy::{Mode, compile::compile, model::Policy, parse},
     processes::ProcessCache,
     stats,
+    tick::Tick,
 };
 
 /// Records handled per wake-up before the sink is written and signals polled.
@@ -148,8 +149,7 @@ async fn run_until_signal(args: RunArgs) -> Result<()> {
         written: 0,
     };
     let mut sweep = tokio::time::interval(Duration::from_secs(30));
-    let mut poll = tokio::time::interval(COALESCE);
-    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut poll = Tick::every(COALESCE)?;
     let mut summary = tokio::time::interval_at(
         tokio::time::Instant::now() + args.summary_interval,
         args.summary_interval,
@@ -160,7 +160,10 @@ async fn run_until_signal(args: RunArgs) -> Result<()> {
         tokio::select! {
             // The kernel wakes us only for a backlog (BPF_RB_NO_WAKEUP
             // otherwise): events are collected every 20 ms, one write a batch.
-            _ = poll.tick() => writer.drain_all(events.get_mut(), &info, &mut sink)?,
+            tick = poll.tick() => {
+                tick?;
+                writer.drain_all(events.get_mut(), &info, &mut sink)?;
+            }
             ready = events.readable_mut() => {
                 let mut ready = ready?;
                 writer.drain_all(ready.get_inner_mut(), &info, &mut sink)?;
