@@ -74,15 +74,28 @@ pub fn measure(daemon: &Path, iterations: u32) -> Result<Isolated> {
         median((0..iterations).map(|_| loaded.run(&loaded.classify, &other)))?,
         median((0..iterations).map(|_| loaded.run(&loaded.passthrough, &other)))?,
     );
+    // The four kinds of connection take turns, one connection each, so
+    // that the machine's load changing during the run (other guests on
+    // the host) weighs on all rows alike.
     let mut cold_memory = vec![0u8; COLD_BYTES];
-    let mut rows = Vec::new();
-    for (label, request) in [("IMDSv1 GET", V1_REQUEST), ("IMDSv2 GET", V2_REQUEST)] {
-        for cold in [false, true] {
-            let runs = if cold { iterations / 3 } else { iterations };
-            let memory = cold.then_some(&mut cold_memory[..]);
-            rows.push(loaded.connections(label, request, runs.max(1), memory)?);
+    let mut rows: Vec<Samples> = [("IMDSv1 GET", V1_REQUEST), ("IMDSv2 GET", V2_REQUEST)]
+        .into_iter()
+        .flat_map(|(label, request)| [false, true].map(|cold| Samples::new(label, request, cold)))
+        .collect();
+    for i in 0..iterations {
+        for row in &mut rows {
+            // Cold connections take longer (the eviction): a third as many.
+            if row.cold && i % 3 != 0 {
+                continue;
+            }
+            let memory = row.cold.then_some(&mut cold_memory[..]);
+            loaded.connection(row, i, memory)?;
         }
     }
+    let rows = rows
+        .into_iter()
+        .map(Samples::finish)
+        .collect::<Result<_>>()?;
     Ok(Isolated {
         rows,
         non_imds,
@@ -136,56 +149,89 @@ impl Loaded {
         test_run(program, packet).unwrap_or(0)
     }
 
-    fn connections(
+    /// One connection of `row`'s kind, its run times added to `row`.
+    fn connection(
         &mut self,
-        label: &str,
-        request: &[u8],
-        runs: u32,
+        row: &mut Samples,
+        i: u32,
         mut cold_memory: Option<&mut [u8]>,
-    ) -> Result<ConnectionRow> {
-        let mut times: [Vec<u32>; 5] = Default::default();
-        let mut events = 0;
-        for i in 0..runs {
-            self.port = if self.port == u16::MAX {
-                10_000
-            } else {
-                self.port + 1
-            };
-            let seq = 1_000u32.wrapping_add(i.wrapping_mul(7_919));
-            let end = seq.wrapping_add(1 + request.len() as u32);
-            let packets = [
-                packet(ENDPOINT, self.port, seq, SYN, &[]),
-                packet(ENDPOINT, self.port, seq.wrapping_add(1), ACK, &[]),
-                packet(ENDPOINT, self.port, seq.wrapping_add(1), ACK | PSH, request),
-                packet(ENDPOINT, self.port, end, ACK, &[]),
-                packet(ENDPOINT, self.port, end, FIN | ACK, &[]),
-            ];
-            for (packet, times) in packets.iter().zip(&mut times) {
-                if let Some(memory) = cold_memory.as_deref_mut() {
-                    evict_caches(memory);
-                }
-                times.push(test_run(&self.classify, packet)?);
+    ) -> Result<()> {
+        self.port = if self.port == u16::MAX {
+            10_000
+        } else {
+            self.port + 1
+        };
+        let seq = 1_000u32.wrapping_add(i.wrapping_mul(7_919));
+        let end = seq.wrapping_add(1 + row.request.len() as u32);
+        let packets = [
+            packet(ENDPOINT, self.port, seq, SYN, &[]),
+            packet(ENDPOINT, self.port, seq.wrapping_add(1), ACK, &[]),
+            packet(
+                ENDPOINT,
+                self.port,
+                seq.wrapping_add(1),
+                ACK | PSH,
+                row.request,
+            ),
+            packet(ENDPOINT, self.port, end, ACK, &[]),
+            packet(ENDPOINT, self.port, end, FIN | ACK, &[]),
+        ];
+        for (packet, times) in packets.iter().zip(&mut row.times) {
+            if let Some(memory) = cold_memory.as_deref_mut() {
+                evict_caches(memory);
             }
-            while self.events.next().is_some() {
-                events += 1;
-            }
+            times.push(test_run(&self.classify, packet)?);
         }
+        row.connections += 1;
+        while self.events.next().is_some() {
+            row.events += 1;
+        }
+        Ok(())
+    }
+}
+
+/// Run times of one kind of connection, per packet.
+struct Samples {
+    label: &'static str,
+    request: &'static [u8],
+    cold: bool,
+    times: [Vec<u32>; 5],
+    connections: u32,
+    events: u32,
+}
+
+impl Samples {
+    fn new(label: &'static str, request: &'static [u8], cold: bool) -> Self {
+        Self {
+            label,
+            request,
+            cold,
+            times: Default::default(),
+            connections: 0,
+            events: 0,
+        }
+    }
+
+    fn finish(self) -> Result<ConnectionRow> {
         // The program must have classified every request, or it did not
         // take the path being measured.
         ensure!(
-            events == runs,
-            "{label}: {events} events for {runs} requests"
+            self.events == self.connections,
+            "{}: {} events for {} requests",
+            self.label,
+            self.events,
+            self.connections
         );
-        let [syn, handshake_ack, request_time, ack, fin] = times.map(|t| median(t).unwrap_or(0));
+        let [syn, handshake_ack, request, ack, fin] = self.times.map(median);
         Ok(ConnectionRow {
-            label: label.to_owned(),
-            request_bytes: request.len(),
-            cold: cold_memory.is_some(),
-            syn,
-            handshake_ack,
-            request: request_time,
-            ack,
-            fin,
+            label: self.label.to_owned(),
+            request_bytes: self.request.len(),
+            cold: self.cold,
+            syn: syn?,
+            handshake_ack: handshake_ack?,
+            request: request?,
+            ack: ack?,
+            fin: fin?,
         })
     }
 }
