@@ -158,6 +158,8 @@ pub struct KernelCost {
     /// IMDS requests the mock logged and the daemon classified, over all rows.
     pub logged: u64,
     pub classified: u64,
+    /// The daemon's start-up: spawn to `monitor-started`.
+    pub startup: Duration,
 }
 
 /// Kernel cost per packet of the classifier and the empty program attached
@@ -168,6 +170,7 @@ pub fn kernel_cost(sandbox: &Sandbox, plan: &Plan) -> Result<KernelCost> {
     let mut monitor_args = MONITOR_ARGS.to_vec();
     monitor_args.push("--baseline-passthrough");
     let mut daemon = Daemon::start(sandbox, &monitor_args).context("starting imds-monitor")?;
+    let startup = daemon.startup;
     let attach_method = daemon.started()?["imds"]["attach_method"]
         .as_str()
         .unwrap_or("?")
@@ -237,6 +240,7 @@ pub fn kernel_cost(sandbox: &Sandbox, plan: &Plan) -> Result<KernelCost> {
         rows,
         logged,
         classified: counters.classified,
+        startup,
     })
 }
 
@@ -287,6 +291,8 @@ pub struct Load {
     /// Whether the daemon had printed an event per request before the window closed.
     pub caught_up: bool,
     pub client_failures: Vec<String>,
+    /// The daemon's start-up: spawn to `monitor-started`.
+    pub startup: Duration,
 }
 
 /// Runs `clients` v1 clients in parallel for `duration`, together asking for
@@ -300,6 +306,7 @@ pub fn under_load(
     pipeline: u32,
 ) -> Result<Load> {
     let mut daemon = Daemon::start(sandbox, &MONITOR_ARGS).context("starting imds-monitor")?;
+    let startup = daemon.startup;
     let pid = daemon.pid();
     sandbox.imds().clear_log();
     let per_client = (rate / clients).max(1).to_string();
@@ -345,5 +352,6 @@ pub fn under_load(
         counters,
         caught_up,
         client_failures: run.failures(),
+        startup,
     })
 }

@@ -18,6 +18,7 @@ const MAX_RATIO_NON_IMDS: f64 = 1.5;
 const MAX_NS_PER_REQUEST: f64 = 2_000.0;
 const MAX_CPU_PERCENT: f64 = 5.0;
 const MAX_PEAK_RSS: u64 = 30 << 20;
+const MAX_STARTUP: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Unlike the TC programs, most hooks are attached machine-wide.
 const HOOKS_SCOPE: &str = "other hooks ns/request sums those that run per packet or per \
@@ -90,6 +91,25 @@ impl Report {
             target: format!("daemon peak RSS < {} MiB", MAX_PEAK_RSS >> 20),
             got: mib(s.peak_rss),
             pass: s.peak_rss < MAX_PEAK_RSS,
+        });
+        let startups = [self.kernel.startup, self.steady.startup, self.burst.startup];
+        let slowest = startups.iter().max().copied().unwrap_or_default();
+        checks.push(Check {
+            target: format!(
+                "attached within {} s (spawn to monitor-started)",
+                MAX_STARTUP.as_secs()
+            ),
+            got: format!(
+                "{} ms at the slowest of {} starts ({})",
+                slowest.as_millis(),
+                startups.len(),
+                startups
+                    .iter()
+                    .map(|d| format!("{} ms", d.as_millis()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            pass: slowest < MAX_STARTUP,
         });
         let b = &self.burst;
         checks.push(Check {
