@@ -284,6 +284,8 @@ pub struct Load {
     pub window: Duration,
     /// The whole machine over the same window, % of one core, and its CPUs.
     pub machine_percent: f64,
+    /// Of which stolen by the hypervisor for other guests.
+    pub stolen_percent: f64,
     pub cpus: usize,
     pub peak_rss: u64,
     pub rss_after: u64,
@@ -330,7 +332,9 @@ pub fn under_load(
     let logged = sandbox.imds_log().len() as u64;
     let caught_up = daemon.wait_for_requests(logged, CATCH_UP)?;
     let cpu_end = CpuSample::take(pid)?;
-    let machine_percent = MachineCpu::take()?.percent_since(&machine_start, cpus);
+    let machine_end = MachineCpu::take()?;
+    let machine_percent = machine_end.percent_since(&machine_start, cpus);
+    let stolen_percent = machine_end.stolen_percent_since(&machine_start, cpus);
     let peak_rss = procfs::vm_bytes(pid, "VmHWM")?;
     let rss_after = procfs::vm_bytes(pid, "VmRSS")?;
     let (cpu_percent, window) = cpu_end.percent_since(&cpu_start);
@@ -346,6 +350,7 @@ pub fn under_load(
         cpu_percent,
         window,
         machine_percent,
+        stolen_percent,
         cpus,
         peak_rss,
         rss_after,

@@ -63,17 +63,23 @@ fn clock_ticks_per_sec() -> f64 {
 /// CPU idles (NO_HZ), so short bursts of work between idle periods (exactly
 /// this benchmark's load) are mostly missed; idle time is kept to the
 /// nanosecond.
+///
+/// On a VM, time the hypervisor gave to other guests (steal) counts as busy
+/// here; it is also kept apart, as it says how shared the host was.
 #[derive(Debug, Clone, Copy)]
 pub struct MachineCpu {
     idle_ticks: u64,
+    steal_ticks: u64,
     at: Instant,
 }
 
 impl MachineCpu {
     pub fn take() -> Result<Self> {
         let stat = std::fs::read_to_string("/proc/stat").context("cannot read /proc/stat")?;
+        let (idle_ticks, steal_ticks) = parse_idle_and_steal_ticks(&stat)?;
         Ok(Self {
-            idle_ticks: parse_idle_ticks(&stat)?,
+            idle_ticks,
+            steal_ticks,
             at: Instant::now(),
         })
     }
@@ -86,10 +92,19 @@ impl MachineCpu {
             self.idle_ticks.saturating_sub(earlier.idle_ticks) as f64 / clock_ticks_per_sec();
         (100.0 * (cpus as f64 * wall - idle) / wall).clamp(0.0, 100.0 * cpus as f64)
     }
+
+    /// Stolen time between `earlier` and `self`, as a percentage of one core.
+    pub fn stolen_percent_since(&self, earlier: &Self, cpus: usize) -> f64 {
+        let wall = self.at.duration_since(earlier.at).as_secs_f64().max(1e-9);
+        let steal =
+            self.steal_ticks.saturating_sub(earlier.steal_ticks) as f64 / clock_ticks_per_sec();
+        (100.0 * steal / wall).clamp(0.0, 100.0 * cpus as f64)
+    }
 }
 
-/// idle + iowait of `cpu  user nice system idle iowait irq softirq steal ...`.
-fn parse_idle_ticks(stat: &str) -> Result<u64> {
+/// idle + iowait, and steal, of `cpu  user nice system idle iowait irq
+/// softirq steal ...` (steal 0 when a kernel does not report it).
+fn parse_idle_and_steal_ticks(stat: &str) -> Result<(u64, u64)> {
     let line = stat
         .lines()
         .find(|l| l.starts_with("cpu "))
@@ -102,7 +117,7 @@ fn parse_idle_ticks(stat: &str) -> Result<u64> {
     if v.len() < 5 {
         bail!("short cpu line in /proc/stat: {line:?}");
     }
-    Ok(v[3] + v[4])
+    Ok((v[3] + v[4], v.get(7).copied().unwrap_or(0)))
 }
 
 /// A `Vm*` line of /proc/<pid>/status in bytes, e.g. `VmHWM` (peak RSS).
@@ -176,10 +191,14 @@ mod tests {
     }
 
     #[test]
-    fn idle_is_idle_plus_iowait() {
-        let stat = "cpu  10 0 10 70 10 0 0 0 5 0\ncpu0 1 2 3 4 5 6 7 8\n";
-        assert_eq!(parse_idle_ticks(stat).unwrap(), 80);
-        assert!(parse_idle_ticks("cpu0 1 2 3 4 5\n").is_err());
+    fn idle_is_idle_plus_iowait_and_steal_is_the_eighth_field() {
+        let stat = "cpu  10 0 10 70 10 0 0 3 5 0\ncpu0 1 2 3 4 5 6 7 8\n";
+        assert_eq!(parse_idle_and_steal_ticks(stat).unwrap(), (80, 3));
+        assert_eq!(
+            parse_idle_and_steal_ticks("cpu  1 2 3 4 5\n").unwrap(),
+            (9, 0)
+        );
+        assert!(parse_idle_and_steal_ticks("cpu0 1 2 3 4 5\n").is_err());
     }
 
     #[test]

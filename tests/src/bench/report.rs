@@ -217,7 +217,12 @@ impl Report {
                         l.cpu_percent,
                         l.window.as_secs_f64()
                     ),
-                    format!("{:.0} % of {} %", l.machine_percent, 100 * l.cpus),
+                    format!(
+                        "{:.0} % of {} % ({:.0} % stolen)",
+                        l.machine_percent,
+                        100 * l.cpus,
+                        l.stolen_percent
+                    ),
                     mib(l.peak_rss),
                     mib(l.rss_after),
                     format!(
