@@ -46,7 +46,7 @@ pub struct FlowState {
     pub first_seq: u32,
     /// Body bytes of the last request still to skip (Content-Length).
     pub body_left: u32,
-    /// Next response byte not yet read (0 until the SYN-ACK is seen).
+    /// Next response byte not yet read (0 until the first one is seen).
     pub response_next_seq: u32,
     /// Requests the server will answer (complete or malformed heads), and
     /// responses read: response n answers request n.

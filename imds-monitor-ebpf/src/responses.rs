@@ -37,20 +37,23 @@ struct ResponseScan {
 
 #[inline(always)]
 pub fn on_segment(ctx: &TcContext, segment: &Segment) {
+    // Only bytes matter. The SYN-ACK comes before the connection's entry
+    // exists (it is made with the first request byte), and bare ACKs carry
+    // nothing: neither needs the lookup.
+    if segment.payload_len == 0 {
+        return;
+    }
     // Only connections whose requests were seen: no state is made here.
     let Some(flow) = FLOWS.get_ptr_mut(&segment.key) else {
         return;
     };
     let flow = unsafe { &mut *flow };
-    if segment.syn {
-        flow.response_next_seq = segment.seq.wrapping_add(1);
-        return;
-    }
-    if segment.payload_len == 0 || flow.flags & flow_flag::RESPONSES_LOST != 0 {
+    if flow.flags & flow_flag::RESPONSES_LOST != 0 {
         return;
     }
     if flow.response_next_seq == 0 {
-        // The handshake was not seen (the monitor started mid-connection).
+        // The first response byte of the connection: the server's initial
+        // sequence number + 1 (or, mid-connection, wherever it is now).
         flow.response_next_seq = segment.seq;
     }
     let skip = match advance(flow.response_next_seq, segment.seq, segment.payload_len) {
