@@ -74,24 +74,26 @@ pub fn measure(daemon: &Path, iterations: u32) -> Result<Isolated> {
         median((0..iterations).map(|_| loaded.run(&loaded.classify, &other)))?,
         median((0..iterations).map(|_| loaded.run(&loaded.passthrough, &other)))?,
     );
-    // The four kinds of connection take turns, one connection each, so
-    // that the machine's load changing during the run (other guests on
-    // the host) weighs on all rows alike.
+    // IMDSv1 and IMDSv2 connections take turns, one connection each, so
+    // that the machine's load changing during the run (other guests on the
+    // host) weighs on both alike. Warm runs come first, on their own: a
+    // cold run's eviction would cool the warm run after it. Cold runs take
+    // longer (the eviction): a third as many.
     let mut cold_memory = vec![0u8; COLD_BYTES];
-    let mut rows: Vec<Samples> = [("IMDSv1 GET", V1_REQUEST), ("IMDSv2 GET", V2_REQUEST)]
-        .into_iter()
-        .flat_map(|(label, request)| [false, true].map(|cold| Samples::new(label, request, cold)))
-        .collect();
-    for i in 0..iterations {
-        for row in &mut rows {
-            // Cold connections take longer (the eviction): a third as many.
-            if row.cold && i % 3 != 0 {
-                continue;
+    let mut rows = Vec::new();
+    for (cold, runs) in [(false, iterations), (true, (iterations / 3).max(1))] {
+        let mut pair = [("IMDSv1 GET", V1_REQUEST), ("IMDSv2 GET", V2_REQUEST)]
+            .map(|(label, request)| Samples::new(label, request, cold));
+        for i in 0..runs {
+            for row in &mut pair {
+                let memory = cold.then_some(&mut cold_memory[..]);
+                loaded.connection(row, i, memory)?;
             }
-            let memory = row.cold.then_some(&mut cold_memory[..]);
-            loaded.connection(row, i, memory)?;
         }
+        rows.extend(pair);
     }
+    // The report's order: each request warm, then cold.
+    rows.sort_by_key(|row| (row.label, row.cold));
     let rows = rows
         .into_iter()
         .map(Samples::finish)
