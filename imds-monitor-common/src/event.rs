@@ -217,7 +217,9 @@ pub struct ExecEvent {
 #[derive(Clone, Copy, Debug)]
 pub struct TaskEvent {
     pub kind: u8,
-    pub _pad: [u8; 3],
+    // Not one `[u8; 3]`: zeroing that is a `memset` call on eBPF.
+    pub _pad: u8,
+    pub _pad1: u16,
     pub tgid: u32,
     pub child: u32,
     pub _pad2: u32,

@@ -12,7 +12,7 @@
 use aya_ebpf::{
     EbpfContext,
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         generated::{bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_boot_ns},
     },
     macros::{cgroup_sock_addr, map, sock_ops},
@@ -78,17 +78,18 @@ fn record_connect(ctx: &SockAddrContext) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let uid_gid = bpf_get_current_uid_gid();
     let tgid = (pid_tgid >> 32) as u32;
-    let owner = Owner {
+    let mut owner = Owner {
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
         boot_ns: unsafe { bpf_ktime_get_boot_ns() },
         tgid,
         pid: pid_tgid as u32,
         uid: uid_gid as u32,
         gid: (uid_gid >> 32) as u32,
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        comm: [0; 16],
         exempt_rule: crate::exempt::owner_exemption(tgid),
         _pad: 0,
     };
+    crate::copy::current_comm(&mut owner.comm);
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let _ = CONNECTS.insert(&cookie, &owner, 0);
 }

@@ -3,9 +3,12 @@
 //! eight instructions a byte; these move eight bytes per load and store.
 
 use core::{
+    ffi::c_void,
     mem::size_of,
     ptr::{read_volatile, write_volatile},
 };
+
+use aya_ebpf::helpers::generated::bpf_get_current_comm;
 
 use imds_monitor_common::{event::Owner, http::PATH_CAP};
 
@@ -65,4 +68,26 @@ pub fn path(dst: &mut [u8; PATH_CAP], src: &[u8; PATH_CAP], len: u16) {
         unsafe { copy_words(dst.add(i), src.add(i)) };
         i += 1;
     }
+}
+
+/// Zeroes a byte array eight bytes at a time.
+///
+/// # Safety
+/// `dst` starts at an 8-byte aligned address.
+#[inline(always)]
+pub unsafe fn zero<const N: usize>(dst: &mut [u8; N]) {
+    const { assert!(N % 8 == 0) };
+    let words = dst.as_mut_ptr().cast::<u64>();
+    let mut i = 0;
+    while i < N / 8 {
+        unsafe { write_volatile(words.add(i), 0) };
+        i += 1;
+    }
+}
+
+/// The current task's comm, written straight into `dst` (zeroes if the
+/// helper fails): copying the array aya's wrapper returns is a byte loop.
+#[inline(always)]
+pub fn current_comm(dst: &mut [u8; 16]) {
+    unsafe { bpf_get_current_comm(dst.as_mut_ptr().cast::<c_void>(), 16) };
 }

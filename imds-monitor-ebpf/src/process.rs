@@ -5,8 +5,8 @@
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        bpf_probe_read_user, bpf_probe_read_user_str_bytes,
+        bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_probe_read_user,
+        bpf_probe_read_user_str_bytes,
         generated::{
             bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns,
         },
@@ -18,6 +18,7 @@ use aya_ebpf::{
 use imds_monitor_common::event::{ARGS_CAP, ExecEvent, MAX_ARGS, TaskEvent, exec_flag, kind, stat};
 
 use crate::{
+    copy,
     exempt::{EXEMPT_EXECS, PROC_EXEMPT},
     maps::{EVENTS, count, submit_flags},
 };
@@ -74,8 +75,9 @@ fn capture_exec(ctx: &TracePointContext) -> Result<(), i32> {
     exec.flags = 0;
     exec.argc = 0;
     exec.args_len = 0;
-    // Zeroed whole: the path is also a map key (EXEMPT_EXECS).
-    exec.filename = [0; 256];
+    // Zeroed whole: the path is also a map key (EXEMPT_EXECS). The field
+    // is 8-byte aligned in ExecEvent, whose map value is.
+    unsafe { copy::zero(&mut exec.filename) };
     if unsafe { bpf_probe_read_user_str_bytes(filename, &mut exec.filename) }.is_err() {
         exec.filename[0] = 0;
     }
@@ -126,30 +128,28 @@ fn capture_exec(ctx: &TracePointContext) -> Result<(), i32> {
 pub fn imds_exec(_ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
-    let Some(pending) = PENDING_EXECS.get_ptr(&tid) else {
+    let Some(pending) = PENDING_EXECS.get_ptr_mut(&tid) else {
         return 0;
     };
-    match EVENTS.reserve::<ExecEvent>(0) {
-        Some(mut entry) => {
-            let event = unsafe { &mut *entry.as_mut_ptr() };
-            *event = unsafe { *pending };
-            let uid_gid = bpf_get_current_uid_gid();
-            event.tgid = (pid_tgid >> 32) as u32;
-            event.pid = tid;
-            event.uid = uid_gid as u32;
-            event.gid = (uid_gid >> 32) as u32;
-            event.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-            event.boot_ns = unsafe { bpf_ktime_get_boot_ns() };
-            event.comm = bpf_get_current_comm().unwrap_or([0; 16]);
-            event._pad = 0;
-            // Executable exceptions: decided now, before the program runs.
-            let bits = unsafe { EXEMPT_EXECS.get(&event.filename) }
-                .copied()
-                .unwrap_or(0);
-            let _ = PROC_EXEMPT.insert(&event.tgid, &bits, 0);
-            entry.submit(submit_flags());
-        }
-        None => count(stat::LOST_EVENTS),
+    // Completed in place, then copied out by the kernel (bpf_ringbuf_output):
+    // a 1.3 KB struct copy in eBPF is a byte-at-a-time loop.
+    let event = unsafe { &mut *pending };
+    let uid_gid = bpf_get_current_uid_gid();
+    event.tgid = (pid_tgid >> 32) as u32;
+    event.pid = tid;
+    event.uid = uid_gid as u32;
+    event.gid = (uid_gid >> 32) as u32;
+    event.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    event.boot_ns = unsafe { bpf_ktime_get_boot_ns() };
+    copy::current_comm(&mut event.comm);
+    event._pad = 0;
+    // Executable exceptions: decided now, before the program runs.
+    let bits = unsafe { EXEMPT_EXECS.get(&event.filename) }
+        .copied()
+        .unwrap_or(0);
+    let _ = PROC_EXEMPT.insert(&event.tgid, &bits, 0);
+    if EVENTS.output::<ExecEvent>(&*event, submit_flags()).is_err() {
+        count(stat::LOST_EVENTS);
     }
     let _ = PENDING_EXECS.remove(&tid);
     0
@@ -189,7 +189,8 @@ pub fn imds_exit(_ctx: TracePointContext) -> u32 {
 fn task_event(kind: u8, tgid: u32, child: u32) {
     let event = TaskEvent {
         kind,
-        _pad: [0; 3],
+        _pad: 0,
+        _pad1: 0,
         tgid,
         child,
         _pad2: 0,

@@ -376,7 +376,8 @@ mod tests {
         assert_eq!(e.args, ["curl", "-s"]);
         let fork = TaskEvent {
             kind: kind::FORK,
-            _pad: [0; 3],
+            _pad: 0,
+            _pad1: 0,
             tgid: 10,
             child: 11,
             _pad2: 0,
