@@ -863,6 +863,38 @@ mod tests {
     }
 
     #[test]
+    fn attacker_controlled_process_strings_are_escaped() {
+        let evil = "x\"}\n{\"evil\":1\u{1b}[31m";
+        let sender = Sender {
+            process: Some(ProcessInfo {
+                pid: 7,
+                name: evil.into(),
+                executable: Some(format!("/tmp/{evil}")),
+                args: vec![evil.into(), "--flag=\\".into()],
+                ..ProcessInfo::default()
+            }),
+            cgroup_path: Some(format!("/system.slice/{evil}.service")),
+            ..Sender::default()
+        };
+        let req = request_of(RequestClass::V1Get, "GET", "/");
+        let line = serde_json::to_string(&super::request(
+            &req,
+            &sender,
+            &decide(&req, Mode::Alert),
+            "eth0",
+            &info(Mode::Alert),
+        ))
+        .unwrap();
+        assert!(!line.contains('\n'), "one line");
+        assert!(!line.contains('\u{1b}'), "no raw escape characters");
+        let doc: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(doc["process"]["name"], evil);
+        assert_eq!(doc["process"]["args"][0], evil);
+        assert_eq!(doc["process"]["command_line"], format!("{evil} --flag=\\"));
+        assert!(doc.get("evil").is_none());
+    }
+
+    #[test]
     fn unattributed_request_says_why() {
         let req = request_of(RequestClass::V1Get, "GET", "/");
         let sender = Sender {
