@@ -121,23 +121,10 @@ impl Demo {
         self.out
             .topic("What enforce mode would do, from the events");
         self.out.blank();
-        let mut t = Table::new(&[
-            "workload",
-            "requests",
-            "IMDS answered",
-            "would_drop",
-            "imds.policy.rule",
-        ]);
-        for (run, events) in runs.iter().zip(events_of(&runs, &requests)) {
-            t.row(vec![
-                run.workload.label.to_owned(),
-                classes(&events),
-                answers(run),
-                values(&events, |e| would_drop(e).to_string()),
-                values(&events, |e| table::text(e, "imds.policy.rule")),
-            ]);
-        }
-        self.out.block(&t.render());
+        self.out
+            .block(&requests_table(&runs, &requests, "would_drop", |e| {
+                would_drop(e).to_string()
+            }));
         let dropped: Vec<&str> = judged
             .iter()
             .filter(|j| j.would_drop)
@@ -175,23 +162,8 @@ impl Demo {
         let failed = self.check_judged("enforce", &judged, &runs, &requests);
         self.out.topic("Each workload's requests, from the events");
         self.out.blank();
-        let mut t = Table::new(&[
-            "workload",
-            "requests",
-            "IMDS answered",
-            "verdict",
-            "imds.policy.rule",
-        ]);
-        for (run, events) in runs.iter().zip(events_of(&runs, &requests)) {
-            t.row(vec![
-                run.workload.label.to_owned(),
-                classes(&events),
-                answers(run),
-                values(&events, table::verdict),
-                values(&events, |e| table::text(e, "imds.policy.rule")),
-            ]);
-        }
-        self.out.block(&t.render());
+        self.out
+            .block(&requests_table(&runs, &requests, "verdict", table::verdict));
         self.out.say(if failed > 0 {
             "These events do not match what the policy says: see the end."
         } else {
@@ -402,6 +374,33 @@ impl Demo {
 }
 
 /// For each run, the request events that name its workload.
+/// Each workload's requests in a phase: classes, IMDS's answers, `column`
+/// (the field the phase is about) and the policy rule that decided.
+fn requests_table(
+    runs: &[WorkloadRun],
+    requests: &[&Value],
+    column: &str,
+    value: fn(&Value) -> String,
+) -> String {
+    let mut t = Table::new(&[
+        "workload",
+        "requests",
+        "IMDS answered",
+        column,
+        "imds.policy.rule",
+    ]);
+    for (run, events) in runs.iter().zip(events_of(runs, requests)) {
+        t.row(vec![
+            run.workload.label.to_owned(),
+            classes(&events),
+            answers(run),
+            values(&events, value),
+            values(&events, |e| table::text(e, "imds.policy.rule")),
+        ]);
+    }
+    t.render()
+}
+
 fn events_of<'a>(runs: &[WorkloadRun], requests: &[&'a Value]) -> Vec<Vec<&'a Value>> {
     runs.iter()
         .map(|run| {
