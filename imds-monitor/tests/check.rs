@@ -3,25 +3,17 @@
 //! It reads files and makes a bpf() probe; it attaches nothing and sends no
 //! packet.
 
-use std::process::{Command, Output};
+mod common;
 
+use std::process::Output;
+
+use common::describe;
 use serde_json::Value;
 
 fn check(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_imds-monitor"))
-        .arg("check")
-        .args(args)
-        .output()
-        .expect("run imds-monitor check")
-}
-
-fn describe(out: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    let mut all = vec!["check"];
+    all.extend_from_slice(args);
+    common::imds_monitor(&all)
 }
 
 const CHECKS: [&str; 13] = [

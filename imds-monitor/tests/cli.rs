@@ -4,18 +4,9 @@
 //! Also makes `cargo test` build the `imds-monitor` binary that the sandbox's
 //! integration tests (crate `imds-sandbox`) run.
 
-use std::process::{Command, Output};
+mod common;
 
-fn imds_monitor(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_imds-monitor"))
-        .args(args)
-        .output()
-        .expect("run imds-monitor")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
+use common::{imds_monitor, stderr};
 
 #[test]
 fn help_shows_examples() {

@@ -2,30 +2,15 @@
 //! for a valid file, `FILE:LINE: reason` and exit 1 for an invalid one, exit
 //! 2 for one that cannot be read.
 
-use std::{
-    path::PathBuf,
-    process::{Command, Output},
-};
+mod common;
+
+use std::{path::PathBuf, process::Command};
+
+use common::{describe, imds_monitor};
 
 fn fixture(name: &str) -> String {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/policy");
     dir.join(name).display().to_string()
-}
-
-fn imds_monitor(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_imds-monitor"))
-        .args(args)
-        .output()
-        .expect("run imds-monitor")
-}
-
-fn describe(out: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! `imds-monitor report` over hand-written event files
 //! (tests/fixtures/report/), as a user runs it: exit codes, table, JSON.
 
+mod common;
+
 use std::{
     fs,
     io::Write as _,
@@ -8,6 +10,7 @@ use std::{
     process::{Command, Output, Stdio},
 };
 
+use common::{stderr, stdout};
 use flate2::{Compression, write::GzEncoder};
 use serde_json::Value;
 
@@ -38,14 +41,6 @@ fn report_stdin(input: &[u8], args: &[&str]) -> Output {
         .expect("run imds-monitor report");
     child.stdin.take().unwrap().write_all(input).unwrap();
     child.wait_with_output().unwrap()
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 fn json(out: &Output) -> Value {
