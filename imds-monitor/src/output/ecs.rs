@@ -38,6 +38,22 @@ fn timestamp(t: SystemTime) -> String {
     humantime::format_rfc3339_micros(t).to_string()
 }
 
+#[cfg(test)]
+impl RunInfo {
+    /// A run in `mode` on `eth0` of host `ip-10-0-0-1`, watching IMDS's IPv4 address.
+    pub fn for_tests(mode: Mode) -> Self {
+        Self {
+            host_name: "ip-10-0-0-1".into(),
+            mode,
+            interfaces: vec!["eth0".into()],
+            endpoints: vec!["169.254.169.254:80".parse().unwrap()],
+            attach_method: "tcx",
+            cgroup: "/".into(),
+            pinned: None,
+        }
+    }
+}
+
 fn base(t: SystemTime, action: &str, kind: &str, info: &RunInfo) -> Map<String, Value> {
     let mut doc = Map::new();
     doc.insert("@timestamp".into(), timestamp(t).into());
@@ -193,24 +209,12 @@ pub fn lost(info: &RunInfo, lost_since_last: u64, lost_total: u64) -> Value {
 mod tests {
     use super::*;
 
-    fn info(mode: Mode) -> RunInfo {
-        RunInfo {
-            host_name: "ip-10-0-0-1".into(),
-            mode,
-            interfaces: vec!["eth0".into()],
-            endpoints: vec!["169.254.169.254:80".parse().unwrap()],
-            attach_method: "tcx",
-            cgroup: "/".into(),
-            pinned: None,
-        }
-    }
-
     #[test]
     fn stopped_reports_counters_per_class() {
         let mut stats = KernelStats::default();
         stats.requests[RequestClass::V1Get as usize] = 3;
         stats.lost_events = 1;
-        let doc = stopped(&info(Mode::Monitor), &stats, 2, 1);
+        let doc = stopped(&RunInfo::for_tests(Mode::Monitor), &stats, 2, 1);
         assert_eq!(doc["event"]["action"], "monitor-stopped");
         assert_eq!(doc["imds"]["counters"]["requests"]["v1_get"], 3);
         assert_eq!(doc["imds"]["counters"]["requests"]["incomplete"], 0);

@@ -628,36 +628,28 @@ mod tests {
     use super::*;
     use crate::{event::KernelOwner, policy::Mode};
 
-    /// The document as a JSON value, to index.
-    fn request(
-        req: &Request,
-        sender: &Sender,
-        decision: &Decision,
-        interface: &str,
-        info: &RunInfo,
-    ) -> Value {
-        serde_json::to_value(super::request(req, sender, decision, interface, info)).unwrap()
-    }
-
-    fn info(mode: Mode) -> RunInfo {
-        RunInfo {
-            host_name: "ip-10-0-0-1".into(),
-            mode,
-            interfaces: vec!["eth0".into()],
-            endpoints: vec!["169.254.169.254:80".parse().unwrap()],
-            attach_method: "tcx",
-            cgroup: "/".into(),
-            pinned: None,
-        }
-    }
-
-    fn decide(req: &Request, mode: Mode) -> Decision {
-        mode.decide(
+    /// The request's line as the daemon writes it: on `eth0`, decided by
+    /// `mode` with the default policy.
+    fn line_of(req: &Request, sender: &Sender, mode: Mode) -> String {
+        let decision = mode.decide(
             &crate::policy::model::Policy::default(),
             req.class,
             None,
             false,
-        )
+        );
+        serde_json::to_string(&request(
+            req,
+            sender,
+            &decision,
+            "eth0",
+            &RunInfo::for_tests(mode),
+        ))
+        .unwrap()
+    }
+
+    /// The same line as a JSON value, to index.
+    fn doc_of(req: &Request, sender: &Sender, mode: Mode) -> Value {
+        serde_json::from_str(&line_of(req, sender, mode)).unwrap()
     }
 
     fn request_of(class: RequestClass, method: &str, path: &str) -> Request {
@@ -688,13 +680,7 @@ mod tests {
             "GET",
             "/latest/meta-data/iam/security-credentials/role",
         );
-        let doc = request(
-            &req,
-            &Sender::default(),
-            &decide(&req, Mode::Alert),
-            "eth0",
-            &info(Mode::Alert),
-        );
+        let doc = doc_of(&req, &Sender::default(), Mode::Alert);
         assert_eq!(doc["event"]["kind"], "alert");
         assert_eq!(doc["event"]["action"], "imds-request");
         assert_eq!(doc["imds"]["class"], "v1_get");
@@ -720,14 +706,7 @@ mod tests {
     fn monitor_mode_never_alerts() {
         for class in RequestClass::ALL {
             let req = request_of(class, "GET", "/");
-            let decision = decide(&req, Mode::Monitor);
-            let doc = request(
-                &req,
-                &Sender::default(),
-                &decision,
-                "eth0",
-                &info(Mode::Monitor),
-            );
+            let doc = doc_of(&req, &Sender::default(), Mode::Monitor);
             assert!(
                 doc["imds"].get("policy").is_none(),
                 "monitor mode names no rule"
@@ -741,13 +720,7 @@ mod tests {
     fn token_put_carries_ttl_and_invalid_carries_reason() {
         let mut put = request_of(RequestClass::V2TokenPut, "PUT", "/latest/api/token");
         put.token_ttl = Some(21600);
-        let doc = request(
-            &put,
-            &Sender::default(),
-            &decide(&put, Mode::Alert),
-            "eth0",
-            &info(Mode::Alert),
-        );
+        let doc = doc_of(&put, &Sender::default(), Mode::Alert);
         assert_eq!(doc["imds"]["token_ttl_seconds"], 21600);
         assert_eq!(doc["imds"]["path_category"], "token");
         assert_eq!(doc["event"]["kind"], "event");
@@ -755,13 +728,7 @@ mod tests {
         let mut bad = request_of(RequestClass::Invalid, "PUT", "/latest/api/token");
         bad.reason = InvalidReason::ForwardedFor;
         bad.flags = flag::FORWARDED_FOR;
-        let doc = request(
-            &bad,
-            &Sender::default(),
-            &decide(&bad, Mode::Alert),
-            "eth0",
-            &info(Mode::Alert),
-        );
+        let doc = doc_of(&bad, &Sender::default(), Mode::Alert);
         assert_eq!(doc["imds"]["invalid_reason"], "x_forwarded_for");
         assert_eq!(doc["imds"]["x_forwarded_for"], true);
     }
@@ -773,15 +740,7 @@ mod tests {
             "GET",
             "/latest/\"}\n{\"evil\":1\u{1b}[31m",
         );
-        let decision = decide(&req, Mode::Monitor);
-        let line = serde_json::to_string(&request(
-            &req,
-            &Sender::default(),
-            &decision,
-            "eth0",
-            &info(Mode::Monitor),
-        ))
-        .unwrap();
+        let line = line_of(&req, &Sender::default(), Mode::Monitor);
         assert!(!line.contains('\n'), "one line");
         assert!(!line.contains('\u{1b}'), "no raw escape characters");
         let back: Value = serde_json::from_str(&line).unwrap();
@@ -828,13 +787,7 @@ mod tests {
             partial: None,
         };
         let req = request_of(RequestClass::V1Get, "GET", "/");
-        let doc = request(
-            &req,
-            &sender,
-            &decide(&req, Mode::Alert),
-            "eth0",
-            &info(Mode::Alert),
-        );
+        let doc = doc_of(&req, &sender, Mode::Alert);
         assert_eq!(doc["process"]["pid"], 300);
         assert_eq!(doc["process"]["thread"]["id"], 301);
         assert_eq!(doc["process"]["executable"], "/usr/bin/curl");
@@ -877,14 +830,7 @@ mod tests {
             ..Sender::default()
         };
         let req = request_of(RequestClass::V1Get, "GET", "/");
-        let line = serde_json::to_string(&super::request(
-            &req,
-            &sender,
-            &decide(&req, Mode::Alert),
-            "eth0",
-            &info(Mode::Alert),
-        ))
-        .unwrap();
+        let line = line_of(&req, &sender, Mode::Alert);
         assert!(!line.contains('\n'), "one line");
         assert!(!line.contains('\u{1b}'), "no raw escape characters");
         let doc: Value = serde_json::from_str(&line).unwrap();
@@ -901,13 +847,7 @@ mod tests {
             partial: Some("connection_not_seen"),
             ..Sender::default()
         };
-        let doc = request(
-            &req,
-            &sender,
-            &decide(&req, Mode::Alert),
-            "eth0",
-            &info(Mode::Alert),
-        );
+        let doc = doc_of(&req, &sender, Mode::Alert);
         assert_eq!(doc["imds"]["attribution"], "partial");
         assert_eq!(doc["imds"]["attribution_reason"], "connection_not_seen");
         assert!(doc.get("process").is_none());
@@ -932,7 +872,7 @@ mod tests {
             &req,
             &Sender::default(),
             "eth0",
-            &info(Mode::Alert),
+            &RunInfo::for_tests(Mode::Alert),
         ))
         .unwrap();
         assert_eq!(doc["event"]["action"], "imds-response");
