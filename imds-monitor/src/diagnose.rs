@@ -115,7 +115,7 @@ fn actor(request: &Request, sender: &Sender) -> String {
 
 pub fn workload_key(request: &Request, sender: &Sender) -> WorkloadKey {
     match sender.workload_key() {
-        Some((kind, id)) => (kind.as_str().to_owned(), id),
+        Some((kind, id)) => (kind.as_str().to_owned(), id.to_owned()),
         None => ("unattributed".to_owned(), request.source.ip().to_string()),
     }
 }

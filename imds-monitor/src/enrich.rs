@@ -32,15 +32,12 @@ pub struct Sender {
 
 impl Sender {
     /// `imds.workload.{kind,id}`: the owner's stable key.
-    pub fn workload_key(&self) -> Option<(WorkloadKind, String)> {
-        if let Some((kind, id)) = self.workload.key() {
-            return Some((kind, id.to_owned()));
+    pub fn workload_key(&self) -> Option<(WorkloadKind, &str)> {
+        if let Some(key) = self.workload.key() {
+            return Some(key);
         }
         let process = self.process.as_ref()?;
-        let id = process
-            .executable
-            .clone()
-            .unwrap_or_else(|| process.name.clone());
+        let id = process.executable.as_deref().unwrap_or(&process.name);
         Some((WorkloadKind::Process, id))
     }
 }
@@ -184,7 +181,7 @@ mod tests {
         };
         assert_eq!(
             sender.workload_key(),
-            Some((WorkloadKind::Process, "/usr/bin/curl".into()))
+            Some((WorkloadKind::Process, "/usr/bin/curl"))
         );
         assert_eq!(Sender::default().workload_key(), None);
     }

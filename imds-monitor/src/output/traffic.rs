@@ -517,7 +517,7 @@ struct SenderImds<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     systemd_unit: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    workload: Option<WorkloadId>,
+    workload: Option<WorkloadId<'a>>,
 }
 
 impl<'a> SenderImds<'a> {
@@ -553,8 +553,8 @@ struct Cgroup<'a> {
 }
 
 #[derive(Serialize)]
-struct WorkloadId {
-    id: String,
+struct WorkloadId<'a> {
+    id: &'a str,
     kind: &'static str,
 }
 
