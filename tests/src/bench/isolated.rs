@@ -71,8 +71,8 @@ pub fn measure(daemon: &Path, iterations: u32) -> Result<Isolated> {
 
     let other = packet([198, 18, 0, 1], 5555, 1, ACK | PSH, &[b'x'; 1024]);
     let non_imds = (
-        median((0..iterations).map(|_| loaded.run(&loaded.classify, &other)))?,
-        median((0..iterations).map(|_| loaded.run(&loaded.passthrough, &other)))?,
+        median(runs(&loaded.classify, &other, iterations)?)?,
+        median(runs(&loaded.passthrough, &other, iterations)?)?,
     );
     // IMDSv1 and IMDSv2 connections take turns, one connection each, so
     // that the machine's load changing during the run (other guests on the
@@ -143,12 +143,6 @@ impl Loaded {
             events,
             port: 10_000,
         })
-    }
-
-    /// One run of `program` on `packet`: its run time in ns (0 on error,
-    /// which `median` refuses).
-    fn run(&self, program: &ProgramFd, packet: &[u8]) -> u32 {
-        test_run(program, packet).unwrap_or(0)
     }
 
     /// One connection of `row`'s kind, its run times added to `row`.
@@ -246,10 +240,14 @@ fn evict_caches(memory: &mut [u8]) {
     std::hint::black_box(memory);
 }
 
-fn median(values: impl IntoIterator<Item = u32>) -> Result<u32> {
-    let mut values: Vec<u32> = values.into_iter().collect();
-    if values.is_empty() || values.contains(&0) {
-        bail!("a test run failed");
+/// `n` runs of `program` on `packet`: their times.
+fn runs(program: &ProgramFd, packet: &[u8], n: u32) -> Result<Vec<u32>> {
+    (0..n).map(|_| test_run(program, packet)).collect()
+}
+
+fn median(mut values: Vec<u32>) -> Result<u32> {
+    if values.is_empty() {
+        bail!("no runs to take the median of");
     }
     values.sort_unstable();
     Ok(values[values.len() / 2])
