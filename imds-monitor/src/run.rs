@@ -312,7 +312,7 @@ impl EventWriter {
                 }
             };
             let sender = self.enricher.sender(&request);
-            let interface = self.names.name(request.ifindex).to_owned();
+            let interface = self.names.name(request.ifindex);
             let exception = request
                 .owner
                 .as_ref()
@@ -322,12 +322,16 @@ impl EventWriter {
             let decision = info
                 .mode
                 .decide(&self.policy, request.class, exception, dropped);
-            self.push(&traffic::request(
-                &request, &sender, &decision, &interface, info,
-            ))?;
+            push(
+                &mut self.batch,
+                &traffic::request(&request, &sender, &decision, interface, info),
+            )?;
             self.written += 1;
             for finding in self.diagnoser.on_request(&request, &sender, Instant::now()) {
-                self.push(&traffic::finding(&finding, &interface, info))?;
+                push(
+                    &mut self.batch,
+                    &traffic::finding(&finding, interface, info),
+                )?;
             }
         }
         sink.write_batch(&self.batch).context("writing events")?;
@@ -345,12 +349,6 @@ impl EventWriter {
         Ok(())
     }
 
-    fn push(&mut self, doc: &impl serde::Serialize) -> Result<()> {
-        serde_json::to_writer(&mut self.batch, doc)?;
-        self.batch.push(b'\n');
-        Ok(())
-    }
-
     /// A response: `imds-response` (joined to its request) and any findings.
     fn on_response(&mut self, response: &Response, info: &RunInfo) -> Result<()> {
         let (joined, findings) = self.diagnoser.on_response(response);
@@ -358,13 +356,26 @@ impl EventWriter {
             // Its request was not seen (or is long gone): nothing to join.
             return Ok(());
         };
-        let interface = self.names.name(response.ifindex).to_owned();
-        self.push(&traffic::response(
-            response, &request, &sender, &interface, info,
-        ))?;
+        let interface = self.names.name(response.ifindex);
+        push(
+            &mut self.batch,
+            &traffic::response(response, &request, &sender, interface, info),
+        )?;
         for finding in findings {
-            self.push(&traffic::finding(&finding, &interface, info))?;
+            push(
+                &mut self.batch,
+                &traffic::finding(&finding, interface, info),
+            )?;
         }
         Ok(())
     }
+}
+
+/// Appends `doc` to `batch` as one JSON line. A function of the batch alone,
+/// so that the event writer's other fields (the interface name it borrows
+/// from its cache) stay usable meanwhile.
+fn push(batch: &mut Vec<u8>, doc: &impl serde::Serialize) -> Result<()> {
+    serde_json::to_writer(&mut *batch, doc)?;
+    batch.push(b'\n');
+    Ok(())
 }
