@@ -31,9 +31,23 @@ pub static ACTIONS: Array<u8> = Array::with_max_entries(8, 0);
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
 
+/// The payload being scanned, and where the scan is in it.
+#[repr(C)]
+pub struct ScanBuffer {
+    pub bytes: [u8; SCAN_CAP],
+    /// Bytes consumed beyond one per `bpf_loop` iteration (lines, runs,
+    /// skipped bodies): iteration `i` starts at byte `i + skipped`. The
+    /// position comes from the loop index, of which the verifier knows
+    /// nothing, and from this count, which it cannot follow through a map
+    /// value either, so that its states of the callback converge after a
+    /// few rounds; counted on the stack, it would take a round per value.
+    /// Also the word a read of the last payload bytes takes its junk from.
+    pub skipped: u64,
+}
+
 /// Per-CPU copy of the payload being scanned (too large for the stack).
 #[map]
-pub static SCRATCH: PerCpuArray<[u8; SCAN_CAP]> = PerCpuArray::with_max_entries(1, 0);
+pub static SCRATCH: PerCpuArray<ScanBuffer> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU staging area for a new `FLOWS` value (too large for the stack).
 #[map]

@@ -13,12 +13,12 @@ use imds_monitor_common::{
     config::action,
     event::{RequestEvent, stat},
     flow::{FlowKey, FlowState, flow_flag},
-    http::{Step, flag},
+    http::{Step, Words, flag},
 };
 
 use crate::{
     copy,
-    maps::{ACTIONS, EVENTS, SCAN_CAP, SCRATCH, count, submit_flags},
+    maps::{ACTIONS, EVENTS, SCAN_CAP, SCRATCH, ScanBuffer, count, submit_flags},
 };
 
 /// Where a request came from, copied into each event of a packet.
@@ -30,17 +30,11 @@ pub struct Origin {
 
 /// State shared with the `bpf_loop` callback (lives on the caller's stack).
 struct ScanState {
-    bytes: *const [u8; SCAN_CAP],
+    buffer: *mut ScanBuffer,
     flow: *mut FlowState,
     origin: *const Origin,
-    /// Payload bytes in `bytes`.
+    /// Payload bytes in the buffer.
     len: u64,
-    /// Bytes consumed beyond one per iteration (runs, skipped bodies):
-    /// iteration `i` starts at byte `i + skipped`. The position comes from
-    /// the loop index, of which the verifier knows nothing, so that its
-    /// states of the callback converge after a few rounds; a position
-    /// counted here would take a round per value.
-    skipped: u64,
 }
 
 /// Keeps `skipped` in a range the verifier sees converge (it is always
@@ -78,18 +72,19 @@ pub fn load_payload(
 
 #[inline(always)]
 pub fn scan_payload(ctx: &TcContext, flow: &mut FlowState, origin: &Origin, offset: u32, len: u32) {
-    let Some(bytes) = SCRATCH.get_ptr_mut(0) else {
+    let Some(buffer) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
+    let bytes = unsafe { &raw mut (*buffer).bytes };
+    unsafe { (*buffer).skipped = 0 };
     let Some(n) = load_payload(ctx, bytes, offset, len) else {
         return;
     };
     let mut state = ScanState {
-        bytes,
+        buffer,
         flow,
         origin,
         len: n as u64,
-        skipped: 0,
     };
     let callback = scan_byte as unsafe extern "C" fn(u64, *mut c_void) -> i64;
     unsafe {
@@ -124,19 +119,22 @@ fn load_bytes(ctx: &TcContext, offset: u32, to: *mut c_void, len: u64) -> i64 {
 
 /// The 8 bytes at `at` (first byte in the lowest bits), from the two aligned
 /// words that hold them: eBPF has no unaligned loads, and LLVM would
-/// otherwise read them one by one. `None` within 17 bytes of the end.
+/// otherwise read them one by one. `None` from the end of the payload
+/// buffer on; the word after it (`skipped`) gives the junk a word read
+/// near the end takes past it.
 ///
 /// # Safety
-/// `bytes` points to a map value, which the kernel aligns to 8 bytes.
+/// `buffer` points to a map value, which the kernel aligns to 8 bytes.
 #[inline(always)]
-unsafe fn load_word(bytes: *const [u8; SCAN_CAP], at: u64) -> Option<u64> {
-    // Bounds `at` itself: the verifier does not know that rounding down to
-    // a multiple of 8 lowers the largest value.
-    if at > (SCAN_CAP - 17) as u64 {
+unsafe fn load_word(buffer: *const ScanBuffer, at: u64) -> Option<u64> {
+    if at >= SCAN_CAP as u64 {
         return None;
     }
-    let base = at & !7;
-    let words = bytes.cast::<u64>();
+    // The mask changes nothing, but shows the verifier the bound, which
+    // LLVM may otherwise merge into the callers' compares (black_box keeps
+    // it from dropping the mask).
+    let base = core::hint::black_box(at) & (SCAN_CAP as u64 - 8);
+    let words = buffer.cast::<u64>();
     let (low, high) = unsafe {
         let low = words.add((base / 8) as usize);
         (u64::from_le(*low), u64::from_le(*low.add(1)))
@@ -146,13 +144,25 @@ unsafe fn load_word(bytes: *const [u8; SCAN_CAP], at: u64) -> Option<u64> {
     Some((low >> shift) | ((high << 1) << (63 - shift)))
 }
 
-/// One loop iteration: a payload byte through the parser, then as many of
-/// the following bytes (up to 8) as it can take as a run (`feed_run`), or a
-/// request body skipped whole. Returns 1 to stop the loop. The index is
+/// The scratch buffer as [`Words`] for the parser's whole-line steps.
+struct Scratch(*const ScanBuffer);
+
+impl Words for Scratch {
+    #[inline(always)]
+    fn word(&self, at: u32) -> Option<u64> {
+        unsafe { load_word(self.0, at as u64) }
+    }
+}
+
+/// One loop iteration: a whole line through the parser where it takes one
+/// (`feed_line`), else a payload byte, then as many of the following bytes
+/// (up to 8) as it can take as a run (`feed_run`); or a request body
+/// skipped whole. Returns 1 to stop the loop. The index is
 /// taken as 64 bits (the kernel passes a zero-extended u32).
 unsafe extern "C" fn scan_byte(index: u64, state: *mut c_void) -> i64 {
     let state = unsafe { &mut *state.cast::<ScanState>() };
-    let pos = index + state.skipped;
+    let buffer = unsafe { &mut *state.buffer };
+    let pos = index + buffer.skipped;
     if pos >= state.len || pos >= SCAN_CAP as u64 {
         return 1;
     }
@@ -165,22 +175,40 @@ unsafe extern "C" fn scan_byte(index: u64, state: *mut c_void) -> i64 {
             rest
         };
         flow.body_left -= skip as u32;
-        state.skipped = (state.skipped + skip - 1) & SKIPPED_MASK;
+        buffer.skipped = (buffer.skipped + skip - 1) & SKIPPED_MASK;
         return 0;
     }
-    let byte = unsafe { (*state.bytes)[pos as usize] };
-    match flow.parser.feed(byte) {
-        Step::More => {
-            // The bytes after it that change only counters, in one go.
-            let next = pos + 1;
-            if let Some(word) = unsafe { load_word(state.bytes, next) } {
-                let rest = state.len - next;
-                let avail = if rest < 8 { rest as u32 } else { 8 };
-                let taken = flow.parser.feed_run(word, avail);
-                state.skipped = (state.skipped + taken as u64) & SKIPPED_MASK;
-            }
-            0
+    let line = if flow.parser.at_line_start() {
+        // An ordinary line whole (most of them); else byte by byte.
+        let scratch = Scratch(state.buffer);
+        flow.parser
+            .feed_line(&scratch, pos as u32, (state.len - pos) as u32)
+    } else {
+        None
+    };
+    let step = match line {
+        Some((taken, step)) => {
+            buffer.skipped = (buffer.skipped + taken as u64 - 1) & SKIPPED_MASK;
+            step
         }
+        None => {
+            let byte = buffer.bytes[pos as usize];
+            let step = flow.parser.feed(byte);
+            if step == Step::More {
+                // The bytes after it that change only counters, in one go.
+                let next = pos + 1;
+                if let Some(word) = unsafe { load_word(state.buffer, next) } {
+                    let rest = state.len - next;
+                    let avail = if rest < 8 { rest as u32 } else { 8 };
+                    let taken = flow.parser.feed_run(word, avail);
+                    buffer.skipped = (buffer.skipped + taken as u64) & SKIPPED_MASK;
+                }
+            }
+            step
+        }
+    };
+    match step {
+        Step::More => 0,
         Step::Complete => {
             let (class, reason) = flow.parser.classify();
             if action_for(class) == action::DROP && flow.owner.exempt_rule == 0 {
