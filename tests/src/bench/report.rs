@@ -15,7 +15,11 @@ use super::progstats::HookKind;
 
 /// Targets (README/brief): reported, never enforced.
 const MAX_RATIO_NON_IMDS: f64 = 1.5;
-const MAX_NS_PER_REQUEST: f64 = 2_000.0;
+/// "An IMDS request under 2 µs in the kernel", measured as the issue
+/// defines the metric: run_time_ns / run_cnt of the classifier while only
+/// IMDS request traffic runs. The cost over all packets of a request's
+/// connection is shown with it, not held to the target.
+const MAX_NS_PER_IMDS_PACKET: f64 = 2_000.0;
 const MAX_CPU_PERCENT: f64 = 5.0;
 const MAX_PEAK_RSS: u64 = 30 << 20;
 const MAX_STARTUP: std::time::Duration = std::time::Duration::from_secs(1);
@@ -67,15 +71,24 @@ impl Report {
             });
         }
         for row in self.kernel.rows.iter().filter(|r| r.requests.is_some()) {
+            let per_packet = row.classifier.ns_per_run();
             let per_request = row.classifier_ns_per_request();
             checks.push(Check {
                 target: format!(
-                    "{}: classifier per request < {} µs",
+                    "{}: classifier per packet of IMDS requests < {} µs",
                     short_name(row),
-                    MAX_NS_PER_REQUEST / 1000.0
+                    MAX_NS_PER_IMDS_PACKET / 1000.0
                 ),
-                got: per_request.map_or("no requests".to_owned(), |v| format!("{} ns", ns(v))),
-                pass: per_request.is_some_and(|v| v < MAX_NS_PER_REQUEST),
+                got: match (per_packet, per_request) {
+                    (Some(p), Some(r)) => format!(
+                        "{} ns ({} ns per request over all its connection's packets)",
+                        ns(p),
+                        ns(r)
+                    ),
+                    _ => "no requests".to_owned(),
+                },
+                pass: per_packet.is_some_and(|v| v < MAX_NS_PER_IMDS_PACKET)
+                    && per_request.is_some(),
             });
         }
         let s = &self.steady;
