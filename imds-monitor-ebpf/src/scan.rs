@@ -37,10 +37,6 @@ struct ScanState {
     len: u64,
 }
 
-/// Keeps `skipped` in a range the verifier sees converge (it is always
-/// below `SCAN_CAP`, so the mask changes nothing).
-const SKIPPED_MASK: u64 = 2 * SCAN_CAP as u64 - 1;
-
 /// Copies up to [`SCAN_CAP`] payload bytes at `offset` into `bytes`; returns
 /// how many, or `None` when there is nothing to read.
 #[inline(always)]
@@ -175,7 +171,7 @@ unsafe extern "C" fn scan_byte(index: u64, state: *mut c_void) -> i64 {
             rest
         };
         flow.body_left -= skip as u32;
-        buffer.skipped = (buffer.skipped + skip - 1) & SKIPPED_MASK;
+        buffer.skipped += skip - 1;
         return 0;
     }
     let line = if flow.parser.at_line_start() {
@@ -188,7 +184,7 @@ unsafe extern "C" fn scan_byte(index: u64, state: *mut c_void) -> i64 {
     };
     let step = match line {
         Some((taken, step)) => {
-            buffer.skipped = (buffer.skipped + taken as u64 - 1) & SKIPPED_MASK;
+            buffer.skipped += taken as u64 - 1;
             step
         }
         None => {
@@ -201,7 +197,7 @@ unsafe extern "C" fn scan_byte(index: u64, state: *mut c_void) -> i64 {
                     let rest = state.len - next;
                     let avail = if rest < 8 { rest as u32 } else { 8 };
                     let taken = flow.parser.feed_run(word, avail);
-                    buffer.skipped = (buffer.skipped + taken as u64) & SKIPPED_MASK;
+                    buffer.skipped += taken as u64;
                 }
             }
             step
