@@ -6,8 +6,7 @@
 //! only, and never panics. The same code runs in the daemon's unit tests.
 //! Bytes that change no state but counters (most of the path, header values
 //! it does not read, names of headers it does not know) it also takes eight
-//! at a time ([`RequestParser::feed_run`]), and an ordinary request line or
-//! header line whole ([`RequestParser::feed_line`]), with the same result.
+//! at a time ([`RequestParser::feed_run`]), with the same result.
 //!
 //! It remembers only what classification needs: the method, the path (first
 //! [`PATH_CAP`] bytes), which of a few known headers were present, the token
@@ -15,10 +14,6 @@
 //! credential can leave the kernel.
 
 use crate::class::{InvalidReason, RequestClass};
-
-mod lines;
-
-pub use lines::Words;
 
 /// Bytes of the path kept for the event; longer paths are truncated (and flagged).
 pub const PATH_CAP: usize = 256;
@@ -296,23 +291,11 @@ impl RequestParser {
 
     /// Feeds every byte of `bytes`, stopping at the first byte that ends the head.
     /// Returns the step and how many bytes were consumed. Host-side helper; the
-    /// kernel drives [`Self::feed_line`], [`Self::feed`] and [`Self::feed_run`]
-    /// itself, the same way: a whole line where it can, else one byte, then a
-    /// run of up to 8 bytes that change nothing but counters.
+    /// kernel drives [`Self::feed`] and [`Self::feed_run`] itself, the same way:
+    /// one byte, then a run of up to 8 bytes that change nothing but counters.
     pub fn feed_slice(&mut self, bytes: &[u8]) -> (Step, usize) {
         let mut i = 0;
         while i < bytes.len() {
-            if self.at_line_start() {
-                let line =
-                    self.feed_line(&lines::Padded(bytes), i as u32, (bytes.len() - i) as u32);
-                if let Some((n, step)) = line {
-                    i += n as usize;
-                    if step != Step::More {
-                        return (step, i);
-                    }
-                    continue;
-                }
-            }
             let step = self.feed(bytes[i]);
             i += 1;
             if step != Step::More {
@@ -778,7 +761,7 @@ const fn low_bytes(n: u32) -> u64 {
 /// Eight bytes at a time in a `u64`, the first byte in the lowest bits.
 /// Every mask has 0x80 set in exactly the bytes it names: no borrows or
 /// carries cross bytes.
-mod swar {
+pub(crate) mod swar {
     const ONES: u64 = 0x0101_0101_0101_0101;
     pub const HIGH: u64 = 0x8080_8080_8080_8080;
     const LOW7: u64 = !HIGH;

@@ -10,7 +10,12 @@ use core::{
 
 use aya_ebpf::helpers::generated::bpf_get_current_comm;
 
-use imds_monitor_common::{event::Owner, http::PATH_CAP};
+use imds_monitor_common::{
+    event::Owner,
+    http::{PATH_CAP, RequestParser},
+};
+
+use crate::scan::Origin;
 
 /// Copies a `T` eight bytes at a time. Volatile, so that LLVM cannot merge
 /// the words back into a call to `memcpy`.
@@ -31,6 +36,18 @@ unsafe fn copy_words<T>(dst: *mut T, src: *const T) {
 #[inline(always)]
 pub fn owner(dst: &mut Owner, src: &Owner) {
     // Owner holds u64 fields: references to it are 8-byte aligned.
+    unsafe { copy_words(dst, src) }
+}
+
+#[inline(always)]
+pub fn origin(dst: &mut Origin, src: &Origin) {
+    // Origin starts with an 8-byte aligned key.
+    unsafe { copy_words(dst, src) }
+}
+
+#[inline(always)]
+pub fn parser(dst: &mut RequestParser, src: &RequestParser) {
+    // RequestParser holds u64 fields.
     unsafe { copy_words(dst, src) }
 }
 

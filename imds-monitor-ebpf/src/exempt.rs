@@ -10,14 +10,11 @@
 //! - At connect() (`owner_exemption`), the bits of the caller's cgroup and
 //!   its ancestors and of the process give the first matching exception.
 
-use core::ffi::c_void;
+use core::ptr::{read_volatile, write_volatile};
 
 use aya_ebpf::{
     EbpfContext,
-    helpers::{
-        bpf_probe_read_kernel_str_bytes,
-        generated::{bpf_get_current_ancestor_cgroup_id, bpf_loop},
-    },
+    helpers::{bpf_probe_read_kernel_str_bytes, generated::bpf_get_current_ancestor_cgroup_id},
     macros::{map, tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::TracePointContext,
@@ -61,49 +58,36 @@ struct Keys {
     path: [u8; EXEMPT_PATH_CAP],
     leaf: [u8; EXEMPT_LEAF_CAP],
     container: [u8; EXEMPT_CONTAINER_ID_CAP],
+    /// Where the directory name starts and the path ends ([`find_leaf`]).
+    leaf_start: u64,
+    path_len: u64,
 }
 
 #[map]
 static KEYS: PerCpuArray<Keys> = PerCpuArray::with_max_entries(1, 0);
 
-struct LastSlash {
-    path: *const [u8; EXEMPT_PATH_CAP],
-    last: u64,
-    len: u64,
-}
-
-unsafe extern "C" fn find_last_slash(index: u64, state: *mut c_void) -> i64 {
-    let state = unsafe { &mut *state.cast::<LastSlash>() };
-    if index >= EXEMPT_PATH_CAP as u64 {
-        return 1;
+/// Finds where the directory name of the NUL-terminated path starts and
+/// where the path ends, and parks both in `keys` (`leaf_start`,
+/// `path_len`) instead of registers: the verifier then sees one state per
+/// loop step whatever came before, not one per slash position.
+#[inline(always)]
+fn find_leaf(keys: &mut Keys) {
+    unsafe {
+        write_volatile(&mut keys.leaf_start, 0);
+        write_volatile(&mut keys.path_len, EXEMPT_PATH_CAP as u64);
     }
-    match unsafe { (*state.path)[index as usize] } {
-        0 => {
-            state.len = index;
-            1
+    let mut i = 0;
+    while i < EXEMPT_PATH_CAP {
+        match keys.path[i] {
+            0 => {
+                unsafe { write_volatile(&mut keys.path_len, i as u64) };
+                break;
+            }
+            b'/' => unsafe { write_volatile(&mut keys.leaf_start, i as u64 + 1) },
+            _ => {}
         }
-        b'/' => {
-            state.last = index;
-            0
-        }
-        _ => 0,
+        i += 1;
     }
-}
-
-struct CopyLeaf {
-    keys: *mut Keys,
-    from: u64,
-}
-
-unsafe extern "C" fn copy_leaf(index: u64, state: *mut c_void) -> i64 {
-    let state = unsafe { &mut *state.cast::<CopyLeaf>() };
-    let keys = unsafe { &mut *state.keys };
-    let src = state.from + index;
-    if index >= EXEMPT_LEAF_CAP as u64 || src >= EXEMPT_PATH_CAP as u64 {
-        return 1;
-    }
-    keys.leaf[index as usize] = keys.path[src as usize];
-    0
 }
 
 #[inline(always)]
@@ -124,8 +108,8 @@ pub fn imds_cgroup_mkdir(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn on_mkdir(ctx: &TracePointContext) -> Option<()> {
-    let id_offset = unsafe { core::ptr::read_volatile(&MKDIR_ID_OFFSET) } as usize;
-    let path_offset = unsafe { core::ptr::read_volatile(&MKDIR_PATH_OFFSET) } as usize;
+    let id_offset = unsafe { read_volatile(&MKDIR_ID_OFFSET) } as usize;
+    let path_offset = unsafe { read_volatile(&MKDIR_PATH_OFFSET) } as usize;
     let id: u64 = unsafe { ctx.read_at(id_offset & 0xff) }.ok()?;
     // __data_loc: offset of the string in the record (low 16 bits).
     let loc: u32 = unsafe { ctx.read_at(path_offset & 0xff) }.ok()?;
@@ -139,36 +123,22 @@ fn on_mkdir(ctx: &TracePointContext) -> Option<()> {
     let mut bits = ExemptBits::default();
     or_bits(&mut bits, unsafe { EXEMPT_PATHS.get(&keys.path) });
     // The directory name, for unit and container rules.
-    let mut slash = LastSlash {
-        path: &keys.path,
-        last: 0,
-        len: EXEMPT_PATH_CAP as u64,
-    };
-    let find = find_last_slash as unsafe extern "C" fn(u64, *mut c_void) -> i64;
-    unsafe {
-        bpf_loop(
-            EXEMPT_PATH_CAP as u32,
-            find as *mut c_void,
-            (&mut slash as *mut LastSlash).cast(),
-            0,
-        )
-    };
-    let mut copy = CopyLeaf {
-        keys,
-        from: slash.last + 1,
-    };
-    let copy_fn = copy_leaf as unsafe extern "C" fn(u64, *mut c_void) -> i64;
-    unsafe {
-        bpf_loop(
-            EXEMPT_LEAF_CAP as u32,
-            copy_fn as *mut c_void,
-            (&mut copy as *mut CopyLeaf).cast(),
-            0,
-        )
-    };
+    find_leaf(keys);
+    let from = unsafe { read_volatile(&keys.leaf_start) } as usize & (EXEMPT_PATH_CAP - 1);
+    let len = unsafe { read_volatile(&keys.path_len) } as usize & (2 * EXEMPT_PATH_CAP - 1);
+    // No early exit: a branch per byte would make every later step a
+    // state of its own. Bytes from past the path's buffer count as 0.
+    let mut i = 0;
+    while i < EXEMPT_LEAF_CAP {
+        let src = from + i;
+        // 1 while src < EXEMPT_PATH_CAP: the borrow of the subtraction.
+        let inside = ((src as u64).wrapping_sub(EXEMPT_PATH_CAP as u64) >> 63) as u8;
+        keys.leaf[i] = keys.path[src & (EXEMPT_PATH_CAP - 1)] * inside;
+        i += 1;
+    }
     or_bits(&mut bits, unsafe { EXEMPT_LEAVES.get(&keys.leaf) });
     // "<runtime>-<64 hex>.scope" (systemd driver) or "<64 hex>" (cgroupfs).
-    let leaf_len = slash.len.saturating_sub(slash.last + 1);
+    let leaf_len = len.saturating_sub(from) as u64;
     let id_start = if leaf_len == 64 {
         Some(0u64)
     } else if leaf_len > 70 && keys.leaf[(leaf_len as usize - 6) & (EXEMPT_LEAF_CAP - 1)] == b'.' {

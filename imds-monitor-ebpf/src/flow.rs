@@ -45,6 +45,7 @@ pub fn on_segment(ctx: &TcContext, segment: &Segment) -> Fate {
     let origin = Origin {
         key: segment.key,
         ifindex: unsafe { (*ctx.skb.skb).ifindex },
+        _pad: 0,
         socket_cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
     };
     let mut fate = Fate::Pass;

@@ -10,6 +10,8 @@ use imds_monitor_common::{
     flow::{FlowKey, FlowState},
 };
 
+use crate::scan::Origin;
+
 /// Payload bytes of one packet the classifier inspects.
 pub const SCAN_CAP: usize = 2048;
 
@@ -31,18 +33,26 @@ pub static ACTIONS: Array<u8> = Array::with_max_entries(8, 0);
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
 
-/// The payload being scanned, and where the scan is in it.
+/// A packet's payload, and a word after it that reads of its last bytes
+/// take their junk from (eBPF reads aligned words only).
+#[repr(C)]
+pub struct Payload {
+    pub bytes: [u8; SCAN_CAP],
+    pub tail: u64,
+}
+
+/// What the scan step works on: the payload being scanned, where the scan
+/// is in it, and a working copy of the connection's state.
 #[repr(C)]
 pub struct ScanBuffer {
-    pub bytes: [u8; SCAN_CAP],
-    /// Bytes consumed beyond one per `bpf_loop` iteration (lines, runs,
-    /// skipped bodies): iteration `i` starts at byte `i + skipped`. The
-    /// position comes from the loop index, of which the verifier knows
-    /// nothing, and from this count, which it cannot follow through a map
-    /// value either, so that its states of the callback converge after a
-    /// few rounds; counted on the stack, it would take a round per value.
-    /// Also the word a read of the last payload bytes takes its junk from.
+    pub payload: Payload,
+    /// Bytes consumed beyond one per step (lines, runs, skipped bodies):
+    /// step `i` starts at byte `i + skipped`.
     pub skipped: u64,
+    /// Payload bytes in `payload`.
+    pub len: u64,
+    pub flow: FlowState,
+    pub origin: Origin,
 }
 
 /// Per-CPU copy of the payload being scanned (too large for the stack).

@@ -1,40 +1,30 @@
-//! Feeds a segment's payload through the shared parser with `bpf_loop`, and
+//! Feeds a segment's payload through the shared parser, one step a call of a
+//! global function, and
 //! emits an event for every request head that completes.
 
 use core::ffi::c_void;
 
-use aya_ebpf::{
-    EbpfContext,
-    helpers::generated::{bpf_ktime_get_boot_ns, bpf_loop},
-    programs::TcContext,
-};
+use aya_ebpf::{EbpfContext, helpers::generated::bpf_ktime_get_boot_ns, programs::TcContext};
 use imds_monitor_common::{
     class::{InvalidReason, RequestClass, Verdict},
     config::action,
     event::{RequestEvent, stat},
     flow::{FlowKey, FlowState, flow_flag},
-    http::{Step, Words, flag},
+    http::{Step, flag},
 };
 
 use crate::{
     copy,
-    maps::{ACTIONS, EVENTS, SCAN_CAP, SCRATCH, ScanBuffer, count, submit_flags},
+    maps::{ACTIONS, EVENTS, Payload, SCAN_CAP, SCRATCH, ScanBuffer, count, submit_flags},
 };
 
 /// Where a request came from, copied into each event of a packet.
+#[repr(C)]
 pub struct Origin {
     pub key: FlowKey,
     pub ifindex: u32,
+    pub _pad: u32,
     pub socket_cookie: u64,
-}
-
-/// State shared with the `bpf_loop` callback (lives on the caller's stack).
-struct ScanState {
-    buffer: *mut ScanBuffer,
-    flow: *mut FlowState,
-    origin: *const Origin,
-    /// Payload bytes in the buffer.
-    len: u64,
 }
 
 /// Copies up to [`SCAN_CAP`] payload bytes at `offset` into `bytes`; returns
@@ -66,32 +56,59 @@ pub fn load_payload(
     Some(n as u32)
 }
 
+/// Steps of the scan per packet. A step takes a line, or a byte and up to 8
+/// more, or a body: 512 cover a full buffer of any ordinary request bytes.
+/// What is left after them is not judged (`incomplete`). Each costs the
+/// verifier about 30 instructions.
+pub const STEPS: u64 = 512;
+
+/// Feeds a segment's new payload bytes through the connection's parser.
+///
+/// The parser runs in [`imds_scan_step`], a global function: the verifier
+/// checks it once, on its own, and the loop here costs it a handful of
+/// instructions per iteration. That keeps the classifier far below the
+/// verifier's limits on every kernel (no `bpf_loop`, which needs 5.17, and
+/// whose callback newer verifiers re-check until its states converge). A
+/// global function takes only scalars (5.10), so the step works on a
+/// per-CPU copy of the connection's state, copied in and out here.
 #[inline(always)]
 pub fn scan_payload(ctx: &TcContext, flow: &mut FlowState, origin: &Origin, offset: u32, len: u32) {
-    let Some(buffer) = SCRATCH.get_ptr_mut(0) else {
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
-    let bytes = unsafe { &raw mut (*buffer).bytes };
-    unsafe { (*buffer).skipped = 0 };
-    let Some(n) = load_payload(ctx, bytes, offset, len) else {
+    let buffer = unsafe { &mut *scratch };
+    buffer.skipped = 0;
+    let Some(n) = load_payload(ctx, &raw mut buffer.payload.bytes, offset, len) else {
         return;
     };
-    let mut state = ScanState {
-        buffer,
-        flow,
-        origin,
-        len: n as u64,
-    };
-    let callback = scan_byte as unsafe extern "C" fn(u64, *mut c_void) -> i64;
-    unsafe {
-        bpf_loop(
-            n,
-            callback as *mut c_void,
-            (&mut state as *mut ScanState).cast(),
-            0,
-        )
-    };
-    if n < len && flow.flags & flow_flag::DESYNC == 0 {
+    buffer.len = n as u64;
+    copy::origin(&mut buffer.origin, origin);
+    let work = &mut buffer.flow;
+    copy::parser(&mut work.parser, &flow.parser);
+    copy::owner(&mut work.owner, &flow.owner);
+    work.body_left = flow.body_left;
+    work.requests = flow.requests;
+    work.flags = flow.flags;
+    work.attribution = flow.attribution;
+    work.forwarded = flow.forwarded;
+    let mut index = 0;
+    let mut finished = false;
+    while index < STEPS {
+        if imds_scan_step(index) != 0 {
+            finished = true;
+            break;
+        }
+        index += 1;
+    }
+    // The steps changed it through their own pointer.
+    let work = unsafe { &(*scratch).flow };
+    copy::parser(&mut flow.parser, &work.parser);
+    flow.body_left = work.body_left;
+    flow.requests = work.requests;
+    // Only set here, never cleared; the response side sets its own bits.
+    flow.flags |= work.flags;
+    // Bytes past the buffer or the steps are not judged.
+    if (!finished || n < len) && flow.flags & flow_flag::DESYNC == 0 {
         if flow.parser.in_request() {
             emit(origin, flow, RequestClass::Incomplete, InvalidReason::None);
         }
@@ -116,13 +133,13 @@ fn load_bytes(ctx: &TcContext, offset: u32, to: *mut c_void, len: u64) -> i64 {
 /// The 8 bytes at `at` (first byte in the lowest bits), from the two aligned
 /// words that hold them: eBPF has no unaligned loads, and LLVM would
 /// otherwise read them one by one. `None` from the end of the payload
-/// buffer on; the word after it (`skipped`) gives the junk a word read
+/// buffer on; the word after it (`tail`) gives the junk a word read
 /// near the end takes past it.
 ///
 /// # Safety
-/// `buffer` points to a map value, which the kernel aligns to 8 bytes.
+/// `payload` points into a map value, which the kernel aligns to 8 bytes.
 #[inline(always)]
-unsafe fn load_word(buffer: *const ScanBuffer, at: u64) -> Option<u64> {
+pub unsafe fn load_word(payload: *const Payload, at: u64) -> Option<u64> {
     if at >= SCAN_CAP as u64 {
         return None;
     }
@@ -130,7 +147,7 @@ unsafe fn load_word(buffer: *const ScanBuffer, at: u64) -> Option<u64> {
     // LLVM may otherwise merge into the callers' compares (black_box keeps
     // it from dropping the mask).
     let base = core::hint::black_box(at) & (SCAN_CAP as u64 - 8);
-    let words = buffer.cast::<u64>();
+    let words = payload.cast::<u64>();
     let (low, high) = unsafe {
         let low = words.add((base / 8) as usize);
         (u64::from_le(*low), u64::from_le(*low.add(1)))
@@ -140,69 +157,52 @@ unsafe fn load_word(buffer: *const ScanBuffer, at: u64) -> Option<u64> {
     Some((low >> shift) | ((high << 1) << (63 - shift)))
 }
 
-/// The scratch buffer as [`Words`] for the parser's whole-line steps.
-struct Scratch(*const ScanBuffer);
-
-impl Words for Scratch {
-    #[inline(always)]
-    fn word(&self, at: u32) -> Option<u64> {
-        unsafe { load_word(self.0, at as u64) }
-    }
-}
-
-/// One loop iteration: a whole line through the parser where it takes one
-/// (`feed_line`), else a payload byte, then as many of the following bytes
-/// (up to 8) as it can take as a run (`feed_run`); or a request body
-/// skipped whole. Returns 1 to stop the loop. The index is
-/// taken as 64 bits (the kernel passes a zero-extended u32).
-unsafe extern "C" fn scan_byte(index: u64, state: *mut c_void) -> i64 {
-    let state = unsafe { &mut *state.cast::<ScanState>() };
-    let buffer = unsafe { &mut *state.buffer };
-    let pos = index + buffer.skipped;
-    if pos >= state.len || pos >= SCAN_CAP as u64 {
+/// One step of the scan of the payload in [`SCRATCH`]: a payload byte,
+/// then as many of the following bytes (up to 8) as the parser takes as a
+/// run (`feed_run`); or a request body skipped whole. Returns 1 to stop.
+/// Step `index` starts at byte `index + skipped`.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn imds_scan_step(index: u64) -> i64 {
+    let Some(buffer) = SCRATCH.get_ptr_mut(0) else {
+        return 1;
+    };
+    let ScanBuffer {
+        payload,
+        skipped,
+        len,
+        flow,
+        origin,
+    } = unsafe { &mut *buffer };
+    let (payload, len, origin) = (&*payload, *len, &*origin);
+    let pos = index + *skipped;
+    if pos >= len || pos >= SCAN_CAP as u64 {
         return 1;
     }
-    let flow = unsafe { &mut *state.flow };
+
     if flow.body_left != 0 {
-        let rest = state.len - pos;
+        let rest = len - pos;
         let skip = if (flow.body_left as u64) < rest {
             flow.body_left as u64
         } else {
             rest
         };
         flow.body_left -= skip as u32;
-        buffer.skipped += skip - 1;
+        *skipped += skip - 1;
         return 0;
     }
-    let line = if flow.parser.at_line_start() {
-        // An ordinary line whole (most of them); else byte by byte.
-        let scratch = Scratch(state.buffer);
-        flow.parser
-            .feed_line(&scratch, pos as u32, (state.len - pos) as u32)
-    } else {
-        None
-    };
-    let step = match line {
-        Some((taken, step)) => {
-            buffer.skipped += taken as u64 - 1;
-            step
+    let byte = payload.bytes[pos as usize];
+    let step = flow.parser.feed(byte);
+    if step == Step::More {
+        // The bytes after it that change only counters, in one go.
+        let next = pos + 1;
+        if let Some(word) = unsafe { load_word(payload, next) } {
+            let rest = len - next;
+            let avail = if rest < 8 { rest as u32 } else { 8 };
+            let taken = flow.parser.feed_run(word, avail);
+            *skipped += taken as u64;
         }
-        None => {
-            let byte = buffer.bytes[pos as usize];
-            let step = flow.parser.feed(byte);
-            if step == Step::More {
-                // The bytes after it that change only counters, in one go.
-                let next = pos + 1;
-                if let Some(word) = unsafe { load_word(state.buffer, next) } {
-                    let rest = state.len - next;
-                    let avail = if rest < 8 { rest as u32 } else { 8 };
-                    let taken = flow.parser.feed_run(word, avail);
-                    buffer.skipped += taken as u64;
-                }
-            }
-            step
-        }
-    };
+    }
     match step {
         Step::More => 0,
         Step::Complete => {
@@ -211,10 +211,10 @@ unsafe extern "C" fn scan_byte(index: u64, state: *mut c_void) -> i64 {
                 // Enforce: this segment completes a request that must not
                 // reach IMDS; the caller drops it and resets the client.
                 flow.flags |= flow_flag::BLOCKED;
-                emit(unsafe { &*state.origin }, flow, class, reason);
+                emit(origin, flow, class, reason);
                 return 1;
             }
-            emit(unsafe { &*state.origin }, flow, class, reason);
+            emit(origin, flow, class, reason);
             flow.requests = flow.requests.wrapping_add(1);
             if flow.parser.flags & flag::CONTENT_LENGTH != 0 {
                 flow.body_left = flow.parser.content_length;
@@ -223,7 +223,6 @@ unsafe extern "C" fn scan_byte(index: u64, state: *mut c_void) -> i64 {
             0
         }
         Step::Malformed => {
-            let origin = unsafe { &*state.origin };
             emit(
                 origin,
                 flow,
@@ -236,7 +235,6 @@ unsafe extern "C" fn scan_byte(index: u64, state: *mut c_void) -> i64 {
             1
         }
         Step::Overflow => {
-            let origin = unsafe { &*state.origin };
             emit(origin, flow, RequestClass::Incomplete, InvalidReason::None);
             flow.flags |= flow_flag::DESYNC;
             1

@@ -225,7 +225,6 @@ fn class_names_round_trip() {
 
 mod reference;
 
-use super::Words;
 use reference::Reference;
 
 /// xorshift64*: reproducible inputs without a dependency.
@@ -297,66 +296,17 @@ fn assert_same(new: &RequestParser, old: &Reference, at: usize, input: &[u8]) {
     }
 }
 
-/// A segment as the classifier's scratch buffer holds it: junk after its
-/// end, and no word within 8 bytes of the buffer's end.
-struct Scratch(Vec<u8>);
-
-impl Scratch {
-    fn new(segment: &[u8], rng: &mut Rng) -> Self {
-        let mut bytes = segment.to_vec();
-        bytes.extend((0..rng.below(24)).map(|_| rng.next() as u8));
-        Self(bytes)
-    }
-}
-
-impl Words for Scratch {
-    fn word(&self, at: u32) -> Option<u64> {
-        let at = at as usize;
-        let bytes = self.0.get(at..at + 8)?;
-        Some(u64::from_le_bytes(bytes.try_into().unwrap()))
-    }
-}
-
-/// Lines `feed_line` took in [`compare`] (so the tests can tell they ran).
-static LINES_TAKEN: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
-
 /// Feeds `input` cut into segments at `cuts` (ascending) to the reference one
-/// byte at a time, and to the parser as the classifier does: at a line's
-/// start the line whole with `feed_line` if it takes it, else a byte with
+/// byte at a time, and to the parser as the classifier does: a byte with
 /// `feed`, then a run with `feed_run` that sees only the rest of the segment
 /// (the word's later bytes are junk). Resets after each complete head.
-/// Without `lines`, the byte path alone.
 fn compare(input: &[u8], cuts: &[usize], rng: &mut Rng) {
-    compare_with(input, cuts, rng, true);
-    compare_with(input, cuts, rng, false);
-}
-
-fn compare_with(input: &[u8], cuts: &[usize], rng: &mut Rng, lines: bool) {
     let mut new = RequestParser::new();
     let mut old = Reference::new();
     let mut start = 0;
     for end in cuts.iter().copied().chain([input.len()]) {
         let mut i = start;
         while i < end {
-            if lines && new.at_line_start() {
-                let scratch = Scratch::new(&input[i..end], rng);
-                if let Some((n, step)) = new.feed_line(&scratch, 0, (end - i) as u32) {
-                    let n = n as usize;
-                    assert!(n >= 1 && n <= end - i, "line of {n} past {} bytes", end - i);
-                    for (k, &b) in input[i..i + n].iter().enumerate() {
-                        let expected = if k + 1 < n { Step::More } else { step };
-                        assert_eq!(old.feed(b), expected, "line byte {k} at {i}");
-                    }
-                    i += n;
-                    assert_same(&new, &old, i, input);
-                    LINES_TAKEN.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
-                    if step == Step::Complete {
-                        new.reset();
-                        old.reset();
-                    }
-                    continue;
-                }
-            }
             let step = new.feed(input[i]);
             assert_eq!(step, old.feed(input[i]), "step at {i}");
             i += 1;
@@ -563,38 +513,6 @@ fn runs_and_name_matching_agree_with_the_byte_at_a_time_parser() {
         cuts.sort_unstable();
         compare(&input, &cuts, &mut rng);
     }
-}
-
-#[test]
-fn whole_lines_are_taken_from_ordinary_requests() {
-    let mut rng = Rng(3);
-    let before = LINES_TAKEN.load(core::sync::atomic::Ordering::Relaxed);
-    let input = b"GET /latest/meta-data/instance-id HTTP/1.1\r\nHost: 169.254.169.254\r\n\
-        X-aws-ec2-metadata-token: AQAEAFake==\r\n\r\n";
-    let mut p = RequestParser::new();
-    let scratch = Scratch::new(input, &mut rng);
-    let mut at = 0;
-    let mut steps = Vec::new();
-    while let Some((n, step)) = p.feed_line(&scratch, at, input.len() as u32 - at) {
-        steps.push((n, step));
-        at += n;
-        if step == Step::Complete {
-            break;
-        }
-    }
-    assert_eq!(
-        steps,
-        [
-            (44, Step::More),
-            (23, Step::More),
-            (39, Step::More),
-            (2, Step::Complete)
-        ]
-    );
-    assert_eq!(p.classify().0, C::V2Get);
-    assert_eq!(p.path(), b"/latest/meta-data/instance-id");
-    compare(input, &[], &mut rng);
-    assert!(LINES_TAKEN.load(core::sync::atomic::Ordering::Relaxed) >= before + 4);
 }
 
 #[test]
