@@ -22,7 +22,7 @@ use aya::{
 };
 use imds_monitor_common::config::Endpoints;
 
-use crate::{cgroups::Subtree, policy::compile::Compiled};
+use crate::{cgroups::Subtree, policy::compile::Compiled, verifier};
 
 const OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/imds-monitor-ebpf"));
 const CLASSIFIER: &str = "imds_classify";
@@ -223,17 +223,20 @@ impl Kernel {
             .map_err(explain_load_error)?;
         for name in [CLASSIFIER, PASSTHROUGH, RESPONSES] {
             let tc: &mut SchedClassifier = program(&mut ebpf, name)?.try_into()?;
-            tc.load().map_err(|e| explain_load_error(e.into()))?;
+            tc.load().map_err(|e| explain_program_load_error(name, e))?;
         }
         for name in CONNECT_HOOKS {
             let hook: &mut CgroupSockAddr = program(&mut ebpf, name)?.try_into()?;
-            hook.load().map_err(|e| explain_load_error(e.into()))?;
+            hook.load()
+                .map_err(|e| explain_program_load_error(name, e))?;
         }
         let sockops: &mut SockOps = program(&mut ebpf, SOCKOPS)?.try_into()?;
-        sockops.load().map_err(|e| explain_load_error(e.into()))?;
+        sockops
+            .load()
+            .map_err(|e| explain_program_load_error(SOCKOPS, e))?;
         for (name, _, _) in TRACEPOINTS {
             let tp: &mut TracePoint = program(&mut ebpf, name)?.try_into()?;
-            tp.load().map_err(|e| explain_load_error(e.into()))?;
+            tp.load().map_err(|e| explain_program_load_error(name, e))?;
         }
         Ok(Self {
             ebpf,
@@ -672,17 +675,69 @@ fn raise_memlock_limit() {
     }
 }
 
-/// Turns the errors users meet into what to do next.
+/// Turns the errors users meet into what to do next. A verifier rejection
+/// becomes one line (its log goes to a file, see [`verifier::Rejection`]).
 fn explain_load_error(err: aya::EbpfError) -> anyhow::Error {
+    explain(None, err)
+}
+
+/// [`explain_load_error`] for a program whose name the caller knows, so a
+/// rejection says which program it was:
+/// `tc.load().map_err(|e| explain_program_load_error(name, e))?`.
+pub fn explain_program_load_error(
+    program: &str,
+    err: aya::programs::ProgramError,
+) -> anyhow::Error {
+    explain(Some(program), err.into())
+}
+
+fn explain(program: Option<&str>, err: aya::EbpfError) -> anyhow::Error {
+    let min = crate::check::MIN_KERNEL;
+    let old = KernelVersion::current()
+        .ok()
+        .filter(|v| *v < KernelVersion::new(min.major as u8, min.minor as u8, 0));
+    let too_old = old.map(|v| {
+        format!(
+            "this kernel is {v}: imds-monitor needs Linux {}.{} or newer with BTF \
+             (Amazon Linux 2023, Amazon Linux 2's 5.10, Ubuntu 22.04 or 24.04, Bottlerocket)",
+            min.major, min.minor
+        )
+    });
+    let rejection = match &err {
+        aya::EbpfError::ProgramError(e) => verifier::rejection(program, OBJECT, e),
+        _ => None,
+    };
+    if let Some(rejection) = rejection {
+        let hint = too_old.unwrap_or_else(|| {
+            "this kernel is supported, so this build of imds-monitor has a program the \
+             verifier refuses here: report it with the log file; \
+             `imds-monitor check --verifier` shows what each program costs the verifier"
+                .to_owned()
+        });
+        return anyhow::Error::new(verifier::LoadFailure { rejection, hint });
+    }
     let text = format!("{err:#}");
     let hint = if text.contains("Operation not permitted") || text.contains("EPERM") {
-        "run as root (needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON)"
+        "run as root (needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON)".to_owned()
     } else if text.contains("btf") || text.contains("BTF") {
-        "the kernel needs BTF (CONFIG_DEBUG_INFO_BTF=y, /sys/kernel/btf/vmlinux)"
+        "the kernel needs BTF (CONFIG_DEBUG_INFO_BTF=y, /sys/kernel/btf/vmlinux)".to_owned()
+    } else if let Some(too_old) = too_old {
+        too_old
     } else {
-        "the kernel must be 5.17 or newer (bpf_loop, ring buffers) with BTF"
+        "see the error; `RUST_LOG=debug` shows more".to_owned()
     };
-    anyhow!("loading the eBPF programs failed: {text}\nhint: {hint}")
+    let what = match program {
+        Some(name) => format!("loading the eBPF program {name} failed"),
+        None => "loading the eBPF programs failed".to_owned(),
+    };
+    anyhow!("{what}: {text}\nhint: {hint}")
+}
+
+/// What the verifier says each loaded program costs it: a second load of
+/// every program of the embedded object against these maps, with
+/// `BPF_LOG_STATS` (see [`verifier::measure`]).
+pub fn verifier_stats(kernel: &Kernel) -> Result<Vec<verifier::ProgramStats>> {
+    verifier::measure(&kernel.ebpf, OBJECT)
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ mod report;
 mod run;
 mod stats;
 mod tick;
+mod verifier;
 mod workload;
 
 use std::process::ExitCode;

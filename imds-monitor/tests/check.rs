@@ -50,7 +50,16 @@ fn json_lists_every_check_and_this_host_passes() {
             let obj = item.as_object().expect("each item is an object");
             let mut keys: Vec<&str> = obj.keys().map(String::as_str).collect();
             keys.sort_unstable();
-            assert_eq!(keys, ["check", "detail", "fix", "status"], "{item}");
+            // programs adds what the verifier said (verifier_budget.rs reads it).
+            if obj["check"] == "programs" {
+                assert_eq!(
+                    keys,
+                    ["check", "detail", "fix", "status", "verifier"],
+                    "{item}"
+                );
+            } else {
+                assert_eq!(keys, ["check", "detail", "fix", "status"], "{item}");
+            }
             let status = obj["status"].as_str().expect("status is a string");
             assert!(["ok", "warn", "fail"].contains(&status), "{item}");
             assert!(
@@ -103,6 +112,40 @@ fn text_is_one_line_per_check_then_a_verdict() {
 }
 
 #[test]
+fn verifier_table_follows_the_programs_line() {
+    let out = check(&["--verifier"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.split_whitespace().nth(1) == Some("programs"))
+        .unwrap_or_else(|| panic!("no programs line:\n{}", describe(&out)));
+    assert!(
+        lines[at].contains("programs verified in"),
+        "{}",
+        describe(&out)
+    );
+    let header = lines[at + 1].split_whitespace().collect::<Vec<_>>();
+    assert_eq!(&header[..3], ["program", "type", "insns"], "{text}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.trim_start().starts_with("imds_classify ")),
+        "{text}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.trim_start().starts_with("budget: 200,000")),
+        "{text}"
+    );
+    // --json is --format json.
+    let json = check(&["--json"]);
+    let json: Value = serde_json::from_slice(&json.stdout).expect("JSON");
+    assert!(json.as_array().is_some_and(|a| a.len() == CHECKS.len()));
+}
+
+#[test]
 fn a_missing_interface_fails_and_names_the_ones_here() {
     let out = check(&["--format", "json", "--iface", "no-such-if0"]);
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
@@ -127,6 +170,8 @@ fn help_has_examples_and_bad_format_is_rejected() {
         "Examples:",
         "sudo imds-monitor check",
         "--format",
+        "--verifier",
+        "--json",
         "Exit status",
     ] {
         assert!(help.contains(needle), "help lacks {needle:?}:\n{help}");

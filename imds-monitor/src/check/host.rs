@@ -6,7 +6,6 @@ use std::{
     collections::BTreeMap,
     fs,
     net::SocketAddr,
-    os::fd::{FromRawFd as _, OwnedFd},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -14,7 +13,11 @@ use std::{
 use super::rules::{BpfProbe, IfState, ProgramLoad, Tally, Tracefs, VMLINUX_BTF, Version};
 use crate::{
     endpoints,
-    kernel::{Kernel, LoadOptions},
+    kernel::{self, Kernel, LoadOptions},
+    verifier::{
+        BPF_MAP_CREATE, BPF_PROG_LOAD, BPF_PROG_TYPE_SCHED_CLS, BPF_PROG_TYPE_TRACEPOINT,
+        LoadFailure, ProgLoad, Report, bpf, name16,
+    },
 };
 
 pub fn read(path: impl AsRef<Path>) -> Option<String> {
@@ -38,11 +41,7 @@ pub fn btf_size() -> Option<u64> {
 
 // ---------------------------------------------------------------- bpf()
 
-const BPF_MAP_CREATE: libc::c_int = 0;
-const BPF_PROG_LOAD: libc::c_int = 5;
 const BPF_MAP_TYPE_ARRAY: u32 = 2;
-const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
-const BPF_PROG_TYPE_TRACEPOINT: u32 = 5;
 
 /// The head of `union bpf_attr` for BPF_MAP_CREATE; the kernel treats the
 /// fields after it as zero.
@@ -56,21 +55,6 @@ struct MapCreate {
     inner_map_fd: u32,
     numa_node: u32,
     map_name: [u8; 16],
-}
-
-/// The head of `union bpf_attr` for BPF_PROG_LOAD.
-#[repr(C)]
-struct ProgLoad {
-    prog_type: u32,
-    insn_cnt: u32,
-    insns: u64,
-    license: u64,
-    log_level: u32,
-    log_size: u32,
-    log_buf: u64,
-    kern_version: u32,
-    prog_flags: u32,
-    prog_name: [u8; 16],
 }
 
 #[repr(C)]
@@ -96,27 +80,6 @@ const RETURN_ZERO: [Insn; 2] = [
         imm: 0,
     },
 ];
-
-fn name16(name: &str) -> [u8; 16] {
-    let mut out = [0; 16];
-    out[..name.len().min(15)].copy_from_slice(&name.as_bytes()[..name.len().min(15)]);
-    out
-}
-
-/// bpf(cmd, attr); the object it returns is closed when the fd drops.
-fn bpf<T>(cmd: libc::c_int, attr: &T) -> Result<OwnedFd, i32> {
-    let size = size_of::<T>() as libc::c_uint;
-    // SAFETY: attr points to a fully initialized, correctly laid out head of
-    // bpf_attr of `size` bytes; the kernel only reads it.
-    let ret = unsafe { libc::syscall(libc::SYS_bpf, cmd, std::ptr::from_ref(attr), size) };
-    if ret < 0 {
-        return Err(std::io::Error::last_os_error()
-            .raw_os_error()
-            .unwrap_or(libc::EIO));
-    }
-    // SAFETY: on success bpf() returns a new file descriptor that we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(ret as libc::c_int) })
-}
 
 /// Creates a one-element array map, then loads `r0 = 0; exit` as a TC
 /// classifier (CAP_BPF + CAP_NET_ADMIN) and as a tracepoint program
@@ -148,12 +111,8 @@ pub fn bpf_probe() -> BpfProbe {
                 insn_cnt: RETURN_ZERO.len() as u32,
                 insns: RETURN_ZERO.as_ptr() as u64,
                 license: license.as_ptr() as u64,
-                log_level: 0,
-                log_size: 0,
-                log_buf: 0,
-                kern_version: 0,
-                prog_flags: 0,
                 prog_name: name16("imds_check"),
+                ..ProgLoad::default()
             };
             programs.push((kind, bpf(BPF_PROG_LOAD, &attr).map(drop)));
         }
@@ -202,8 +161,9 @@ pub fn tracefs(can_mount: bool) -> Tracefs {
         .collect();
     let format = events.join("sched/sched_process_fork/format");
     let fork_child_pid = match fs::read_to_string(&format) {
-        Ok(text) => crate::kernel::field_offset(&text, "child_pid")
-            .ok_or_else(|| "no child_pid field".to_owned()),
+        Ok(text) => {
+            kernel::field_offset(&text, "child_pid").ok_or_else(|| "no child_pid field".to_owned())
+        }
         Err(e) => Err(e.to_string()),
     };
     Tracefs {
@@ -218,11 +178,12 @@ pub fn tracefs(can_mount: bool) -> Tracefs {
 // ---------------------------------------------------------------- programs
 
 /// Loads every embedded program as `run` does (the verifier runs), attaches
-/// nothing, and unloads them again when the handle drops.
+/// nothing, has the verifier measure each program once more (see
+/// [`verifier::measure`]), and unloads them again.
 pub fn load_programs(list: &[SocketAddr]) -> ProgramLoad {
     let table = match endpoints::to_kernel(list) {
         Ok(t) => t,
-        Err(e) => return ProgramLoad::Failed(format!("{e:#}")),
+        Err(e) => return ProgramLoad::Failed(format!("{e:#}"), None),
     };
     match Kernel::load(&LoadOptions {
         endpoints: &table,
@@ -230,10 +191,19 @@ pub fn load_programs(list: &[SocketAddr]) -> ProgramLoad {
         pins: None,
     }) {
         Ok(kernel) => {
+            let stats = kernel::verifier_stats(&kernel)
+                .map(|programs| Report::new(release().trim().to_owned(), programs))
+                .map_err(|e| format!("{e:#}"));
             drop(kernel);
-            ProgramLoad::Loaded
+            ProgramLoad::Loaded(stats)
         }
-        Err(e) => ProgramLoad::Failed(format!("{e:#}")),
+        Err(e) => {
+            let rejected = e
+                .chain()
+                .find_map(|e| e.downcast_ref::<LoadFailure>())
+                .map(|f| Report::rejected(&f.rejection));
+            ProgramLoad::Failed(format!("{e:#}"), rejected)
+        }
     }
 }
 
@@ -313,10 +283,7 @@ mod tests {
     #[test]
     fn bpf_attr_heads_have_the_kernel_layout() {
         assert_eq!(size_of::<MapCreate>(), 44);
-        assert_eq!(size_of::<ProgLoad>(), 64);
-        assert_eq!(std::mem::offset_of!(ProgLoad, prog_name), 48);
         assert_eq!(size_of::<Insn>(), 8);
-        assert_eq!(name16("a_name_longer_than_sixteen")[15], 0);
     }
 
     #[test]

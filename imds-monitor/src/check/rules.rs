@@ -10,10 +10,15 @@ use std::{
 };
 
 use super::{Check, Finding, Status};
-use crate::workload::Workload;
+use crate::{
+    verifier::{BUDGET_INSNS, BUDGET_TOTAL, Report, thousands},
+    workload::Workload,
+};
 
-/// Linux 5.17 added `bpf_loop`, which the classifier scans payloads with.
-pub const MIN_KERNEL: Version = Version::new(5, 17, 0);
+/// The supported floor: Amazon Linux 2's 5.10. The programs need ring
+/// buffers and bpf_ktime_get_boot_ns (5.8), bounded loops (5.3) and tail
+/// calls; 5.10 is the oldest kernel they are verified on.
+pub const MIN_KERNEL: Version = Version::new(5, 10, 0);
 /// Linux 6.6 added TCX links; aya (and `run`) use them from there on.
 pub const TCX_KERNEL: Version = Version::new(6, 6, 0);
 
@@ -29,6 +34,7 @@ impl Finding {
             status,
             detail: detail.into(),
             fix: None,
+            verifier: None,
         }
     }
 
@@ -99,7 +105,7 @@ pub fn kernel(release: &str, effective: Option<Version>) -> Finding {
         return Finding::warn(
             Check::Kernel,
             format!("cannot read a version from the kernel release `{release}`"),
-            "make sure the kernel is Linux 5.17 or newer (uname -r)",
+            "make sure the kernel is Linux 5.10 or newer (uname -r)",
         );
     };
     let mut detail = release.to_owned();
@@ -109,9 +115,14 @@ pub fn kernel(release: &str, effective: Option<Version>) -> Finding {
     if version < MIN_KERNEL {
         return Finding::fail(
             Check::Kernel,
-            format!("{detail}: Linux {MIN_KERNEL} or newer is needed (bpf_loop)"),
-            "boot a 5.17+ kernel: Amazon Linux 2023, Ubuntu 22.04 HWE or 24.04, Bottlerocket \
-             (Amazon Linux 2's 5.10 and 5.15 kernels are too old)",
+            format!(
+                "{detail}: Linux 5.10 or newer is needed (ring buffers and \
+                 bpf_ktime_get_boot_ns need 5.8; 5.10 is the oldest kernel the programs are \
+                 verified on)"
+            ),
+            "boot a 5.10+ kernel: Amazon Linux 2 (5.10) or 2023, Ubuntu 22.04 or 24.04, \
+             Bottlerocket (Amazon Linux 2's 4.14 kernel is too old: \
+             `sudo amazon-linux-extras install kernel-5.10`)",
         );
     }
     let attach = if version >= TCX_KERNEL {
@@ -122,7 +133,7 @@ pub fn kernel(release: &str, effective: Option<Version>) -> Finding {
     };
     Finding::ok(
         Check::Kernel,
-        format!("{detail}: bpf_loop available (>= 5.17); {attach}"),
+        format!("{detail}: supported (>= 5.10); {attach}"),
     )
 }
 
@@ -320,7 +331,7 @@ pub fn bpf_syscall(probe: &BpfProbe, caps_ok: bool, seccomp: Option<u32>) -> Fin
         return Finding::fail(
             Check::BpfSyscall,
             found,
-            "the kernel must be 5.17 or newer with BPF enabled; see the kernel check",
+            "the kernel must be 5.10 or newer with BPF enabled; see the kernel check",
         );
     }
     let (why, fix) = if !caps_ok {
@@ -612,33 +623,105 @@ pub fn tracefs(t: &Tracefs) -> Finding {
 /// Loading the embedded programs (verifier included), without attaching.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ProgramLoad {
-    Loaded,
-    /// The error `run` would stop with.
-    Failed(String),
+    /// They loaded; the verifier's figures for each, or why they could not
+    /// be read.
+    Loaded(Result<Report, String>),
+    /// The error `run` would stop with, and what the verifier said if it
+    /// refused a program.
+    Failed(String, Option<Report>),
     /// Not tried, and why.
     Skipped(String),
 }
 
+const VERIFIER_FIX: &str = "the programs of this build are too close to the verifier's limits: \
+     a kernel whose verifier explores more (even another build of the same release) may refuse \
+     them; `imds-monitor check --verifier` shows each program";
+
 pub fn programs(load: &ProgramLoad) -> Finding {
     match load {
-        ProgramLoad::Loaded => Finding::ok(
+        ProgramLoad::Loaded(Err(why)) => Finding::ok(
             Check::Programs,
-            "the embedded eBPF programs load and pass the verifier (not attached, unloaded again)",
+            format!(
+                "the embedded eBPF programs load and pass the verifier (not attached, unloaded \
+                 again); the verifier's statistics could not be read: {why}"
+            ),
         ),
+        ProgramLoad::Loaded(Ok(report)) => programs_measured(report),
         ProgramLoad::Skipped(why) => Finding::warn(
             Check::Programs,
             format!("loading the embedded eBPF programs not tried: {why}"),
             "fix what the checks above report, then check again",
         ),
-        ProgramLoad::Failed(err) => {
+        ProgramLoad::Failed(err, report) => {
             // kernel.rs ends its load errors with "\nhint: <what to do>".
             let (what, hint) = match err.split_once("\nhint: ") {
                 Some((what, hint)) => (what, hint),
                 None => (err.as_str(), "see the error; `RUST_LOG=debug` shows more"),
             };
-            Finding::fail(Check::Programs, what.replace('\n', " "), hint)
+            let mut f = Finding::fail(Check::Programs, what.replace('\n', " "), hint);
+            f.verifier = report.clone();
+            f
         }
     }
+}
+
+/// `9 programs verified in 0.21 s of kernel time; largest imds_classify
+/// 41,230 insns (budget 200,000)`, a warning past either budget.
+fn programs_measured(report: &Report) -> Finding {
+    let n = report.programs.len();
+    let mut detail = format!(
+        "{n} program{} verified in {:.2} s of kernel time",
+        if n == 1 { "" } else { "s" },
+        report.total().as_secs_f64()
+    );
+    if let Some(p) = report.largest() {
+        detail += &format!(
+            "; largest {} {} insns (budget {})",
+            p.name,
+            thousands(p.stats.processed_insns.unwrap_or(0).into()),
+            thousands(BUDGET_INSNS.into())
+        );
+    }
+    detail += " (loaded, not attached, unloaded again)";
+    let mut problems = Vec::new();
+    let over: Vec<String> = report
+        .over_budget()
+        .map(|p| {
+            format!(
+                "{} {}",
+                p.name,
+                thousands(p.stats.processed_insns.unwrap_or(0).into())
+            )
+        })
+        .collect();
+    if !over.is_empty() {
+        problems.push(format!(
+            "over the budget of {} insns: {}",
+            thousands(BUDGET_INSNS.into()),
+            over.join(", ")
+        ));
+    }
+    if report.total() > BUDGET_TOTAL {
+        problems.push(format!(
+            "verification takes longer than the budget of {} s",
+            BUDGET_TOTAL.as_secs()
+        ));
+    }
+    let unmeasured: Vec<&str> = report.unmeasured().map(|p| p.name.as_str()).collect();
+    if !unmeasured.is_empty() {
+        problems.push(format!("not measured: {}", unmeasured.join(", ")));
+    }
+    let mut f = if problems.is_empty() {
+        Finding::ok(Check::Programs, detail)
+    } else {
+        Finding::warn(
+            Check::Programs,
+            format!("{detail}; {}", problems.join("; ")),
+            VERIFIER_FIX,
+        )
+    };
+    f.verifier = Some(report.clone());
+    f
 }
 
 // ---------------------------------------------------------------- interface
@@ -851,33 +934,44 @@ mod tests {
     }
 
     #[test]
-    fn kernel_needs_5_17_and_names_the_attach_method() {
+    fn kernel_needs_5_10_and_names_the_attach_method() {
         let new = kernel("6.18.44-fc-v595", Some(v(6, 18, 44)));
         assert_eq!(new.status, Status::Ok);
         assert!(new.detail.contains("TCX"), "{}", new.detail);
+        assert!(!new.detail.contains("5.17"), "{}", new.detail);
 
         let al2023 = kernel("6.1.102-111.182.amzn2023.x86_64", None);
         assert_eq!(al2023.status, Status::Ok);
         assert!(al2023.detail.contains("clsact"), "{}", al2023.detail);
 
-        let edge = kernel("5.17.0", None);
-        assert_eq!(edge.status, Status::Ok);
         let tcx_edge = kernel("6.6.0", None);
         assert!(tcx_edge.detail.contains("TCX"), "{}", tcx_edge.detail);
+        let below_tcx = kernel("6.5.13", None);
+        assert!(below_tcx.detail.contains("clsact"), "{}", below_tcx.detail);
 
+        // Amazon Linux 2's 5.10 is the floor, and attaches with clsact.
         let al2 = kernel("5.10.223-211.872.amzn2.x86_64", None);
-        assert_eq!(al2.status, Status::Fail);
-        assert!(al2.detail.contains("5.17"), "{}", al2.detail);
-        assert!(al2.fix.as_deref().unwrap().contains("Amazon Linux 2023"));
+        assert_eq!(al2.status, Status::Ok);
+        assert!(al2.detail.contains("clsact"), "{}", al2.detail);
+        let edge = kernel("5.10.0", None);
+        assert_eq!(edge.status, Status::Ok);
 
         // Ubuntu's ABI release hides the upstream patch; aya's version wins.
         let ubuntu = kernel("5.15.0-1051-aws", Some(v(5, 15, 131)));
-        assert_eq!(ubuntu.status, Status::Fail);
+        assert_eq!(ubuntu.status, Status::Ok);
         assert!(
             ubuntu.detail.contains("upstream 5.15.131"),
             "{}",
             ubuntu.detail
         );
+
+        for old in ["5.4.0-1103-aws", "4.14.348-265.562.amzn2.x86_64", "5.9.16"] {
+            let f = kernel(old, None);
+            assert_eq!(f.status, Status::Fail, "{old}");
+            assert!(f.detail.contains("5.10 or newer"), "{}", f.detail);
+            assert!(!f.detail.contains("5.17"), "{}", f.detail);
+            assert!(f.fix.as_deref().unwrap().contains("5.10"), "{old}");
+        }
 
         assert_eq!(kernel("???", None).status, Status::Warn);
     }
@@ -1241,7 +1335,10 @@ mod tests {
 
     #[test]
     fn program_load_errors_keep_the_hint_as_fix() {
-        assert_eq!(programs(&ProgramLoad::Loaded).status, Status::Ok);
+        assert_eq!(
+            programs(&ProgramLoad::Loaded(Err("no BTF".into()))).status,
+            Status::Ok
+        );
         assert_eq!(
             programs(&ProgramLoad::Skipped("privileges".into())).status,
             Status::Warn
@@ -1249,10 +1346,105 @@ mod tests {
         let f = programs(&ProgramLoad::Failed(
             "loading the eBPF programs failed: the BPF_PROG_LOAD syscall failed\nhint: run as root"
                 .into(),
+            None,
         ));
         assert_eq!(f.status, Status::Fail);
         assert_eq!(f.fix.as_deref(), Some("run as root"));
         assert!(!f.detail.contains('\n'));
+        assert_eq!(f.verifier, None);
+    }
+
+    fn measured(programs: &[(&str, u32, u64)]) -> Report {
+        let programs = programs
+            .iter()
+            .map(|(name, insns, us)| crate::verifier::ProgramStats {
+                name: (*name).to_owned(),
+                kind: "sched_cls",
+                stats: crate::verifier::Stats {
+                    processed_insns: Some(*insns),
+                    verification_us: Some(*us),
+                    ..Default::default()
+                },
+                error: None,
+            })
+            .collect();
+        Report::new("6.18.44-fc-v595".to_owned(), programs)
+    }
+
+    #[test]
+    fn programs_report_the_largest_against_the_budget() {
+        let report = measured(&[
+            ("imds_classify", 41_230, 95_000),
+            ("imds_responses", 19_862, 10_000),
+            ("imds_exit", 48, 100),
+        ]);
+        let f = programs(&ProgramLoad::Loaded(Ok(report.clone())));
+        assert_eq!(f.status, Status::Ok);
+        assert_eq!(
+            f.detail,
+            "3 programs verified in 0.11 s of kernel time; largest imds_classify 41,230 insns \
+             (budget 200,000) (loaded, not attached, unloaded again)"
+        );
+        assert_eq!(f.verifier, Some(report));
+
+        let over = programs(&ProgramLoad::Loaded(Ok(measured(&[
+            ("imds_classify", 412_000, 400_000),
+            ("imds_exit", 48, 100),
+        ]))));
+        assert_eq!(over.status, Status::Warn);
+        assert!(
+            over.detail
+                .ends_with("over the budget of 200,000 insns: imds_classify 412,000"),
+            "{}",
+            over.detail
+        );
+        assert!(over.fix.as_deref().unwrap().contains("--verifier"));
+
+        let slow = programs(&ProgramLoad::Loaded(Ok(measured(&[
+            ("a", 150_000, 700_000),
+            ("b", 150_000, 400_000),
+        ]))));
+        assert_eq!(slow.status, Status::Warn);
+        assert!(slow.detail.contains("1.10 s"), "{}", slow.detail);
+        assert!(slow.detail.contains("budget of 1 s"), "{}", slow.detail);
+
+        let mut unmeasured = measured(&[("imds_classify", 41_230, 95_000)]);
+        unmeasured.programs[0].error = Some("Invalid argument (os error 22): ".into());
+        let f = programs(&ProgramLoad::Loaded(Ok(unmeasured)));
+        assert_eq!(f.status, Status::Warn);
+        assert!(
+            f.detail.ends_with("not measured: imds_classify"),
+            "{}",
+            f.detail
+        );
+    }
+
+    #[test]
+    fn a_rejection_keeps_its_report() {
+        let rejected = Report {
+            rejected: Some(crate::verifier::Rejected {
+                program: Some("imds_classify".into()),
+                processed_insns: Some(1_000_001),
+                instruction: None,
+                source: None,
+                reason: Some("BPF program is too large. Processed 1000001 insn".into()),
+                log: Some("/run/imds-monitor/verifier-imds_classify-1.log".into()),
+            }),
+            ..measured(&[])
+        };
+        let f = programs(&ProgramLoad::Failed(
+            "loading the eBPF programs failed: imds_classify rejected\nhint: report it".into(),
+            Some(rejected.clone()),
+        ));
+        assert_eq!(f.status, Status::Fail);
+        assert_eq!(
+            f.detail,
+            "loading the eBPF programs failed: imds_classify rejected"
+        );
+        assert_eq!(f.verifier, Some(rejected));
+        let json = serde_json::to_value(&f).unwrap();
+        assert_eq!(json["verifier"]["rejected"]["processed_insns"], 1_000_001);
+        assert_eq!(json["verifier"]["programs"], serde_json::json!([]));
     }
 
     fn ep(s: &str) -> SocketAddr {
