@@ -134,6 +134,20 @@ pub fn policy_reload(
     doc.into()
 }
 
+/// What works less well on this kernel than on the newest, one sentence
+/// each; empty when nothing does. Everything else loads and runs from 5.10
+/// on (the kernel matrix tests it), so only the attach method differs.
+fn degraded(attach_method: &str) -> Vec<&'static str> {
+    if attach_method == "tcx" {
+        Vec::new()
+    } else {
+        vec![
+            "tc attach: clsact qdisc and netlink filter (no TCX before Linux 6.6): \
+             pinned enforcement is re-attached on restart, with a gap of milliseconds",
+        ]
+    }
+}
+
 /// `event.action: "monitor-started"`: the first line, once everything is attached.
 pub fn started(info: &RunInfo) -> Value {
     let mut doc = base(SystemTime::now(), "monitor-started", "event", info);
@@ -144,6 +158,7 @@ pub fn started(info: &RunInfo) -> Value {
             "interfaces": info.interfaces,
             "endpoints": info.endpoints.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "attach_method": info.attach_method,
+            "degraded": degraded(info.attach_method),
             "cgroup": { "path": info.cgroup },
         }),
     );
@@ -220,5 +235,15 @@ mod tests {
         assert_eq!(doc["imds"]["counters"]["requests"]["incomplete"], 0);
         assert_eq!(doc["imds"]["counters"]["lost_events"], 1);
         assert_eq!(doc["imds"]["counters"]["attribution_partial"], 1);
+    }
+
+    #[test]
+    fn started_says_what_is_degraded_always_as_an_array() {
+        let mut info = RunInfo::for_tests(Mode::Alert);
+        assert_eq!(started(&info)["imds"]["degraded"], json!([]));
+        info.attach_method = "netlink";
+        let degraded = &started(&info)["imds"]["degraded"];
+        assert_eq!(degraded.as_array().map(Vec::len), Some(1));
+        assert!(degraded[0].as_str().unwrap().contains("6.6"), "{degraded}");
     }
 }
