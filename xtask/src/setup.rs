@@ -1,6 +1,11 @@
 //! `cargo xtask setup`: check, and install when missing, everything the build
 //! and the tests need. The fast path (nothing missing) runs only dpkg-query,
-//! rustc/rustup probes and `bpf-linker --version`: no cargo, no apt.
+//! two rustc probes and `bpf-linker --version`: no cargo, no apt, no network.
+//!
+//! The eBPF crate builds with the toolchain pinned in [`TOOLCHAIN_FILE`]
+//! (a dated nightly). When it is missing but the installed `nightly` is that
+//! very release, setup names it under the pinned name with a symlink in
+//! rustup's toolchains directory instead of downloading it again.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -14,6 +19,9 @@ use anyhow::{Context as _, bail};
 
 use crate::cmd;
 
+/// Pins the eBPF crate's toolchain (`channel`); imds-monitor/build.rs reads it
+/// too. Relative to the workspace root.
+pub const TOOLCHAIN_FILE: &str = "imds-monitor-ebpf/rust-toolchain.toml";
 /// bpf-linker release installed by setup.
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
 /// LLVM majors bpf-linker 0.13.0 has a cargo feature (`llvm-N`) for.
@@ -39,33 +47,101 @@ pub struct SetupArgs {
     pub check: bool,
 }
 
+/// The pinned toolchain: its rustup name and, for a dated nightly
+/// (`nightly-YYYY-MM-DD`), the date its rustup channel manifest must carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pin {
+    pub name: String,
+    pub date: Option<String>,
+}
+
+impl Pin {
+    pub fn parse(toolchain_file: &str) -> Option<Pin> {
+        let name = toolchain_channel(toolchain_file)?;
+        Some(Pin {
+            name: name.to_owned(),
+            date: nightly_date(name).map(str::to_owned),
+        })
+    }
+
+    pub fn load() -> anyhow::Result<Pin> {
+        let path = cmd::workspace_root().join(TOOLCHAIN_FILE);
+        let text =
+            fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        Pin::parse(&text)
+            .with_context(|| format!("{}: no `channel = \"...\"` line", path.display()))
+    }
+
+    /// Why `tc` is not the pinned release, if it is not.
+    fn mismatch(&self, tc: &InstalledToolchain) -> Option<String> {
+        let want = self.date.as_deref()?;
+        match tc.date.as_deref() {
+            Some(have) if have == want => None,
+            Some(have) => Some(format!("{} is the nightly of {have}", tc.sysroot.display())),
+            None => Some(format!(
+                "{} has no rustup channel manifest to tell its date",
+                tc.sysroot.display()
+            )),
+        }
+    }
+}
+
+/// How the pinned toolchain gets installed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Provision {
+    /// The installed `nightly` is the pinned release: a symlink
+    /// `<rustup home>/toolchains/<pin>-<host>` to its directory. Not `rustup
+    /// toolchain link`, which refuses names of official toolchains; a symlink
+    /// keeps rustup treating it as the dist toolchain it is (components,
+    /// `rustup component add`), and the compiler's sysroot, hence the paths
+    /// in the object's debug info, stays the nightly's directory.
+    Link { target: PathBuf, link: PathBuf },
+    /// `rustup toolchain install` (downloads).
+    Download { name: String },
+}
+
+impl Provision {
+    fn command(&self) -> String {
+        match self {
+            Provision::Link { target, link } => format!(
+                "ln -s {} {}",
+                cmd::shell_quote(&target.to_string_lossy()),
+                cmd::shell_quote(&link.to_string_lossy())
+            ),
+            Provision::Download { name } => cmd::display(&rustup_install(name)),
+        }
+    }
+}
+
 /// One missing piece and how to get it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Fix {
-    Nightly,
+    Toolchain { name: String, how: Provision },
     Apt(Vec<String>),
-    RustSrc,
+    RustSrc { toolchain: String },
     BpfLinker { llvm: u32, force: bool },
 }
 
 impl Fix {
     fn command(&self) -> String {
         match self {
-            Fix::Nightly => "rustup toolchain install nightly --component rust-src".into(),
+            Fix::Toolchain { how, .. } => how.command(),
             Fix::Apt(pkgs) => format!(
                 "apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y {}",
                 pkgs.join(" ")
             ),
-            Fix::RustSrc => "rustup component add rust-src --toolchain nightly".into(),
+            Fix::RustSrc { toolchain } => {
+                format!("rustup component add rust-src --toolchain {toolchain}")
+            }
             Fix::BpfLinker { llvm, force } => cmd::display(&bpf_linker_install(*llvm, *force)),
         }
     }
 
     fn what(&self) -> String {
         match self {
-            Fix::Nightly => "nightly toolchain".into(),
+            Fix::Toolchain { name, .. } => format!("toolchain {name}"),
             Fix::Apt(pkgs) => pkgs.join(" "),
-            Fix::RustSrc => "rust-src for nightly".into(),
+            Fix::RustSrc { toolchain } => format!("rust-src for {toolchain}"),
             Fix::BpfLinker { .. } => "bpf-linker".into(),
         }
     }
@@ -77,7 +153,7 @@ struct Report {
     fixes: Vec<Fix>,
     /// Checks that could not run because an earlier piece is missing.
     skipped: usize,
-    /// Pieces installed during the checks (the nightly toolchain).
+    /// Pieces installed during the checks (the pinned toolchain).
     installed_early: usize,
 }
 
@@ -96,57 +172,76 @@ pub fn setup(args: &SetupArgs) -> anyhow::Result<()> {
     let missing_word = if install { "installing" } else { "missing" };
     let mut report = Report::default();
 
-    // 1. The nightly toolchain, whose LLVM decides everything LLVM-related.
-    let mut llvm = nightly_llvm();
-    match &llvm {
-        Some((release, major)) => {
+    // 1. The pinned toolchain, whose LLVM decides everything LLVM-related.
+    let pin = Pin::load()?;
+    let what = format!("toolchain {}", pin.name);
+    let mut toolchain = toolchain_info(&pin.name);
+    let wrong = toolchain.as_ref().and_then(|tc| pin.mismatch(tc));
+    match (&toolchain, &wrong) {
+        (Some(tc), None) => {
             report.ok += 1;
-            line(
-                "ok",
-                "nightly toolchain",
-                &format!("{release}, LLVM {major}"),
-            );
+            line("ok", &what, &format!("{}, LLVM {}", tc.release, tc.llvm));
         }
-        None => {
-            line(
-                missing_word,
-                "nightly toolchain",
-                "`rustc +nightly -vV` failed",
-            );
+        _ => {
+            let how = provision(&pin);
+            let why = match &wrong {
+                Some(w) => w.clone(),
+                None => format!("`rustc +{} -vV` failed", pin.name),
+            };
+            let by = match &how {
+                Provision::Link { .. } => {
+                    "the installed nightly is that release (link, no download)"
+                }
+                Provision::Download { .. } => "no installed nightly is that release (download)",
+            };
+            line(missing_word, &what, &format!("{why}; {by}"));
             if install {
                 // Needed before anything else can be checked.
-                cmd::run(Command::new("rustup").args([
-                    "toolchain",
-                    "install",
-                    "nightly",
-                    "--profile",
-                    "minimal",
-                    "--component",
-                    "rust-src",
-                ]))
-                .context(
-                    "cannot install the nightly toolchain; the eBPF crate needs it \
-                     (run `rustup toolchain install nightly --component rust-src`)",
-                )?;
-                llvm = nightly_llvm();
-                if llvm.is_none() {
-                    bail!(
-                        "nightly installed but `rustc +nightly -vV` still fails or shows no LLVM version"
-                    );
+                remove_stale_links(&pin, wrong.is_some())?;
+                install_toolchain(&how).with_context(|| {
+                    format!(
+                        "cannot install {}, which the eBPF crate builds with (pinned in {TOOLCHAIN_FILE}); \
+                         try `{}`",
+                        pin.name,
+                        how.command()
+                    )
+                })?;
+                toolchain = toolchain_info(&pin.name);
+                match &toolchain {
+                    None => bail!(
+                        "{} installed but `rustc +{} -vV` still fails or shows no LLVM version",
+                        pin.name,
+                        pin.name
+                    ),
+                    Some(tc) => {
+                        if let Some(w) = pin.mismatch(tc) {
+                            bail!("{} installed, but {w}", pin.name);
+                        }
+                        line(
+                            "ok",
+                            &what,
+                            &format!("{}, LLVM {} (installed)", tc.release, tc.llvm),
+                        );
+                    }
                 }
                 report.installed_early += 1;
             } else {
-                report.fixes.push(Fix::Nightly);
+                toolchain = None;
+                report.fixes.push(Fix::Toolchain {
+                    name: pin.name.clone(),
+                    how,
+                });
             }
         }
     }
-    let llvm_major = llvm.map(|(_, major)| major);
+    let llvm_major = toolchain.as_ref().map(|tc| tc.llvm);
     let unsupported = llvm_major.filter(|m| !BPF_LINKER_LLVM_MAJORS.contains(m));
     if let Some(major) = unsupported {
         bail!(
-            "the nightly toolchain uses LLVM {major}, but bpf-linker {BPF_LINKER_VERSION} \
-             supports LLVM {}..={} only: install a nightly whose `rustc +nightly -vV` shows \
-             a supported LLVM, or bump BPF_LINKER_VERSION in xtask/src/setup.rs",
+            "{} (pinned in {TOOLCHAIN_FILE}) uses LLVM {major}, but bpf-linker {BPF_LINKER_VERSION} \
+             supports LLVM {}..={} only: pin a toolchain whose `rustc -vV` shows a supported LLVM, \
+             or bump BPF_LINKER_VERSION in xtask/src/setup.rs",
+            pin.name,
             BPF_LINKER_LLVM_MAJORS.start(),
             BPF_LINKER_LLVM_MAJORS.end()
         );
@@ -157,7 +252,7 @@ pub fn setup(args: &SetupArgs) -> anyhow::Result<()> {
     if let Some(n) = llvm_major {
         packages.push((
             format!("llvm-{n}-dev"),
-            format!("bpf-linker build (nightly's LLVM {n})"),
+            format!("bpf-linker build ({}'s LLVM {n})", pin.name),
         ));
         packages.push((format!("libpolly-{n}-dev"), "bpf-linker build".into()));
     }
@@ -181,7 +276,7 @@ pub fn setup(args: &SetupArgs) -> anyhow::Result<()> {
         line(
             "skipped",
             "apt llvm-N-dev libpolly-N-dev",
-            "N comes from the nightly toolchain",
+            "N comes from the pinned toolchain",
         );
         report.skipped += 1;
     }
@@ -189,24 +284,23 @@ pub fn setup(args: &SetupArgs) -> anyhow::Result<()> {
         report.fixes.push(Fix::Apt(apt_missing));
     }
 
-    // 3. rust-src for nightly (needed by -Z build-std=core).
-    if llvm_major.is_some() {
-        if nightly_has_rust_src() {
+    // 3. rust-src for the pinned toolchain (needed by -Z build-std=core).
+    if let Some(tc) = &toolchain {
+        let what = format!("rust-src for {}", pin.name);
+        if has_rust_src(&tc.sysroot) {
             report.ok += 1;
-            line("ok", "rust-src for nightly", "");
+            line("ok", &what, "");
         } else {
-            line(
-                missing_word,
-                "rust-src for nightly",
-                "needed by -Z build-std=core",
-            );
-            report.fixes.push(Fix::RustSrc);
+            line(missing_word, &what, "needed by -Z build-std=core");
+            report.fixes.push(Fix::RustSrc {
+                toolchain: pin.name.clone(),
+            });
         }
     }
 
-    // 4. bpf-linker, built against the nightly's LLVM.
+    // 4. bpf-linker, built against the pinned toolchain's LLVM.
     match llvm_major {
-        Some(major) => match check_bpf_linker(major)? {
+        Some(major) => match check_bpf_linker(major, &pin.name)? {
             Ok(detail) => {
                 report.ok += 1;
                 line("ok", "bpf-linker", &detail);
@@ -220,7 +314,7 @@ pub fn setup(args: &SetupArgs) -> anyhow::Result<()> {
             line(
                 "skipped",
                 "bpf-linker",
-                "its LLVM must match the nightly toolchain's",
+                "its LLVM must match the pinned toolchain's",
             );
             report.skipped += 1;
         }
@@ -271,7 +365,9 @@ pub fn setup(args: &SetupArgs) -> anyhow::Result<()> {
 
 fn apply(fix: &Fix) -> anyhow::Result<()> {
     match fix {
-        Fix::Nightly => unreachable!("the nightly toolchain is installed before the other checks"),
+        Fix::Toolchain { .. } => {
+            unreachable!("the pinned toolchain is installed before the other checks")
+        }
         Fix::Apt(pkgs) => {
             let apt = || {
                 let mut c = Command::new("apt-get");
@@ -281,19 +377,19 @@ fn apply(fix: &Fix) -> anyhow::Result<()> {
             cmd::run(apt().arg("update"))?;
             cmd::run(apt().args(["install", "-y"]).args(pkgs))?;
         }
-        Fix::RustSrc => {
+        Fix::RustSrc { toolchain } => {
             cmd::run(Command::new("rustup").args([
                 "component",
                 "add",
                 "rust-src",
                 "--toolchain",
-                "nightly",
+                toolchain,
             ]))?;
         }
         Fix::BpfLinker { llvm, force } => {
             // Never run two builds of it at once: wait for one started elsewhere.
             if wait_for_other_bpf_linker_install()?
-                && let Ok(Ok(detail)) = check_bpf_linker(*llvm)
+                && let Ok(Ok(detail)) = check_bpf_linker(*llvm, "")
             {
                 line(
                     "ok",
@@ -351,12 +447,185 @@ fn bpf_linker_install(llvm: u32, force: bool) -> Command {
     c
 }
 
-/// `(release, LLVM major)` of the nightly toolchain, or `None` if missing.
-fn nightly_llvm() -> Option<(String, u32)> {
-    let vv = cmd::probe_stdout(Command::new("rustc").args(["+nightly", "-vV"]))?;
-    let major = parse_llvm_major(&vv)?;
-    let release = parse_field(&vv, "release").unwrap_or("nightly").to_owned();
-    Some((format!("rustc {release}"), major))
+/// A toolchain as rustup runs it.
+#[derive(Debug)]
+struct InstalledToolchain {
+    /// `rustc 1.97.0-nightly (e50aa6fba 2026-05-19)`.
+    release: String,
+    llvm: u32,
+    host: String,
+    /// `rustc --print sysroot`: the toolchain's directory, symlinks resolved.
+    sysroot: PathBuf,
+    /// `date` of its rustup channel manifest (dist toolchains have one).
+    date: Option<String>,
+}
+
+/// `rustc +name`, never installing a missing toolchain on the way (rustup
+/// does when auto-install is on).
+fn rustc_for(name: &str) -> Command {
+    let mut c = Command::new("rustc");
+    c.arg(format!("+{name}")).env("RUSTUP_AUTO_INSTALL", "0");
+    c
+}
+
+/// The toolchain rustup knows as `name`, or `None` if it is missing or
+/// broken. Two rustc probes and one small file read.
+fn toolchain_info(name: &str) -> Option<InstalledToolchain> {
+    let vv = cmd::probe_stdout(rustc_for(name).arg("-vV"))?;
+    let sysroot = cmd::probe_stdout(rustc_for(name).args(["--print", "sysroot"]))?;
+    let sysroot = PathBuf::from(sysroot.trim());
+    let release = vv.lines().next().unwrap_or(name).trim().to_owned();
+    let date = fs::read_to_string(sysroot.join("lib/rustlib/multirust-channel-manifest.toml"))
+        .ok()
+        .and_then(|m| manifest_date(&m).map(str::to_owned));
+    Some(InstalledToolchain {
+        release,
+        llvm: parse_llvm_major(&vv)?,
+        host: parse_field(&vv, "host")?.to_owned(),
+        sysroot,
+        date,
+    })
+}
+
+/// `channel` of a rust-toolchain.toml (imds-monitor/build.rs has the same).
+pub fn toolchain_channel(text: &str) -> Option<&str> {
+    text.lines().find_map(|l| {
+        let (key, value) = l.split_once('=')?;
+        if key.trim() != "channel" {
+            return None;
+        }
+        let value = value.trim();
+        let quote = value.chars().next().filter(|c| *c == '"' || *c == '\'')?;
+        let (name, _) = value[1..].split_once(quote)?;
+        (!name.is_empty()).then_some(name)
+    })
+}
+
+/// `2026-05-20` from `nightly-2026-05-20`; `None` for other channels.
+pub fn nightly_date(channel: &str) -> Option<&str> {
+    let date = channel.strip_prefix("nightly-")?;
+    let ok = date.len() == 10
+        && date.char_indices().all(|(i, c)| {
+            if i == 4 || i == 7 {
+                c == '-'
+            } else {
+                c.is_ascii_digit()
+            }
+        });
+    ok.then_some(date)
+}
+
+/// `date` of a rustup channel manifest (its top-level key, before any table).
+pub fn manifest_date(text: &str) -> Option<&str> {
+    text.lines()
+        .take_while(|l| !l.trim_start().starts_with('['))
+        .find_map(|l| {
+            let (key, value) = l.split_once('=')?;
+            (key.trim() == "date").then(|| value.trim().trim_matches('"'))
+        })
+}
+
+fn rustup_home() -> PathBuf {
+    if let Some(home) = std::env::var_os("RUSTUP_HOME") {
+        return PathBuf::from(home);
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    Path::new(&home).join(".rustup")
+}
+
+/// How to install the pinned toolchain: link the installed `nightly` when it
+/// is the pinned release (no download), else download it.
+fn provision(pin: &Pin) -> Provision {
+    let download = Provision::Download {
+        name: pin.name.clone(),
+    };
+    let Some(date) = &pin.date else {
+        return download;
+    };
+    let Some(nightly) = toolchain_info("nightly") else {
+        return download;
+    };
+    if nightly.date.as_ref() != Some(date) {
+        return download;
+    }
+    let toolchains = rustup_home().join("toolchains");
+    if !toolchains.is_dir() {
+        return download;
+    }
+    Provision::Link {
+        target: nightly.sysroot,
+        link: toolchains.join(format!("{}-{}", pin.name, nightly.host)),
+    }
+}
+
+fn rustup_install(name: &str) -> Command {
+    let mut c = Command::new("rustup");
+    c.args([
+        "toolchain",
+        "install",
+        name,
+        "--profile",
+        "minimal",
+        "--component",
+        "rust-src",
+    ]);
+    c
+}
+
+fn install_toolchain(how: &Provision) -> anyhow::Result<()> {
+    match how {
+        Provision::Download { name } => cmd::run(&mut rustup_install(name)),
+        Provision::Link { target, link } => {
+            println!("$ {}", how.command());
+            std::os::unix::fs::symlink(target, link).with_context(|| {
+                format!("cannot create {} -> {}", link.display(), target.display())
+            })?;
+            // rustup keeps the hash of the channel manifest a toolchain was
+            // installed from; the nightly's is the pinned date's, so with a copy
+            // `rustup update` finds the pinned toolchain unchanged, offline.
+            let hashes = rustup_home().join("update-hashes");
+            let (Some(from), Some(to)) = (target.file_name(), link.file_name()) else {
+                return Ok(());
+            };
+            let from = hashes.join(from);
+            if from.is_file() {
+                let _ = fs::copy(&from, hashes.join(to));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Before installing the pinned toolchain: removes symlinks under its name
+/// (one setup made to a `nightly` that has been updated or removed since). A
+/// real directory is rustup's to remove: when `wrong_release`, say so.
+fn remove_stale_links(pin: &Pin, wrong_release: bool) -> anyhow::Result<()> {
+    let toolchains = rustup_home().join("toolchains");
+    let prefix = format!("{}-", pin.name);
+    let entries = fs::read_dir(&toolchains)
+        .with_context(|| format!("cannot read {}", toolchains.display()))?;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let ours = entry.file_name().to_string_lossy().starts_with(&prefix);
+        if !ours {
+            continue;
+        }
+        if !path.is_symlink() {
+            if !wrong_release {
+                continue;
+            }
+            bail!(
+                "{} is not the release its name says: remove it with \
+                 `rustup toolchain uninstall {}` and run `cargo xtask setup` again",
+                path.display(),
+                pin.name
+            );
+        }
+        println!("$ rm {}", cmd::shell_quote(&path.to_string_lossy()));
+        fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+        let _ = fs::remove_file(rustup_home().join("update-hashes").join(entry.file_name()));
+    }
+    Ok(())
 }
 
 fn parse_field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
@@ -396,24 +665,12 @@ pub fn parse_dpkg_query(out: &str) -> BTreeSet<String> {
         .collect()
 }
 
-fn nightly_has_rust_src() -> bool {
-    cmd::probe_stdout(Command::new("rustup").args([
-        "component",
-        "list",
-        "--installed",
-        "--toolchain",
-        "nightly",
-    ]))
-    .is_some_and(|out| has_component(&out, "rust-src"))
-}
-
-/// Whether `rustup component list --installed` output lists `component`
-/// (`rust-src`, or a target-specific name like `rust-std-x86_64-...`).
-pub fn has_component(list: &str, component: &str) -> bool {
-    list.lines().any(|l| {
-        let name = l.split_whitespace().next().unwrap_or("");
-        name == component
-    })
+/// Whether the toolchain at `sysroot` has the library sources that
+/// `-Z build-std` reads (cargo looks for this lock file there).
+fn has_rust_src(sysroot: &Path) -> bool {
+    sysroot
+        .join("lib/rustlib/src/rust/library/Cargo.lock")
+        .is_file()
 }
 
 pub fn cargo_home() -> PathBuf {
@@ -431,10 +688,11 @@ fn bpf_linker_path() -> Option<PathBuf> {
     })
 }
 
-/// `Ok(detail)` when a usable bpf-linker built for `llvm` is installed;
-/// `Err((why, force))` otherwise, `force` when one exists and must be replaced.
+/// `Ok(detail)` when a usable bpf-linker built for `llvm` (the LLVM of
+/// `toolchain`) is installed; `Err((why, force))` otherwise, `force` when one
+/// exists and must be replaced.
 #[allow(clippy::type_complexity)]
-fn check_bpf_linker(llvm: u32) -> anyhow::Result<Result<String, (String, bool)>> {
+fn check_bpf_linker(llvm: u32, toolchain: &str) -> anyhow::Result<Result<String, (String, bool)>> {
     let Some(path) = bpf_linker_path() else {
         return Ok(Err(("not installed".into(), false)));
     };
@@ -459,7 +717,7 @@ fn check_bpf_linker(llvm: u32) -> anyhow::Result<Result<String, (String, bool)>>
         ))),
         Some((major, source)) => Ok(Err((
             format!(
-                "{version} is built against LLVM {major} (from {source}), the nightly uses LLVM {llvm}"
+                "{version} is built against LLVM {major} (from {source}), {toolchain} uses LLVM {llvm}"
             ),
             true,
         ))),
@@ -646,11 +904,65 @@ LLVM version: 22.1.4
     }
 
     #[test]
-    fn rustup_components() {
-        let list = "cargo-x86_64-unknown-linux-gnu\nrust-src\nrustc-x86_64-unknown-linux-gnu\n";
-        assert!(has_component(list, "rust-src"));
-        assert!(!has_component(list, "rust-s"));
-        assert!(!has_component("rust-src-extra\n", "rust-src"));
+    fn toolchain_file() {
+        let file = "# pinned\n[toolchain]\nchannel = \"nightly-2026-05-20\"  # LLVM 22\n\
+                    components = [\"rust-src\"]\n";
+        assert_eq!(toolchain_channel(file), Some("nightly-2026-05-20"));
+        assert_eq!(toolchain_channel("channel='1.95.0'\n"), Some("1.95.0"));
+        assert_eq!(toolchain_channel("channels = \"x\"\n"), None);
+        assert_eq!(toolchain_channel("channel = \"\"\n"), None);
+        assert_eq!(toolchain_channel("channel = nightly\n"), None, "unquoted");
+        assert_eq!(
+            toolchain_channel("channel = \"nightly\n"),
+            None,
+            "unterminated"
+        );
+
+        assert_eq!(nightly_date("nightly-2026-05-20"), Some("2026-05-20"));
+        assert_eq!(nightly_date("nightly"), None);
+        assert_eq!(nightly_date("nightly-2026-5-20"), None);
+        assert_eq!(
+            nightly_date("nightly-2026-05-20-x86_64-unknown-linux-gnu"),
+            None
+        );
+        assert_eq!(nightly_date("1.95.0"), None);
+        assert_eq!(
+            Pin::parse("channel = \"stable\"\n"),
+            Some(Pin {
+                name: "stable".into(),
+                date: None
+            })
+        );
+
+        // The repository's own pin: a dated nightly, so setup can check it.
+        let pin = Pin::load().unwrap();
+        assert!(pin.date.is_some(), "{pin:?}");
+    }
+
+    #[test]
+    fn channel_manifest_date() {
+        let manifest = "manifest-version = \"2\"\ndate = \"2026-05-20\"\n\
+                        [pkg.cargo]\nversion = \"x\"\ndate = \"1999-01-01\"\n";
+        assert_eq!(manifest_date(manifest), Some("2026-05-20"));
+        assert_eq!(
+            manifest_date("manifest-version = \"2\"\n[pkg]\ndate = \"1999-01-01\"\n"),
+            None,
+            "a table's date is not the manifest's"
+        );
+        assert_eq!(manifest_date(""), None);
+
+        let pin = Pin::parse("channel = \"nightly-2026-05-20\"").unwrap();
+        let tc = |date: Option<&str>| InstalledToolchain {
+            release: "rustc 1.97.0-nightly (e50aa6fba 2026-05-19)".into(),
+            llvm: 22,
+            host: "x86_64-unknown-linux-gnu".into(),
+            sysroot: "/r/toolchains/nightly-x86_64-unknown-linux-gnu".into(),
+            date: date.map(String::from),
+        };
+        assert_eq!(pin.mismatch(&tc(Some("2026-05-20"))), None);
+        let why = pin.mismatch(&tc(Some("2026-06-01"))).unwrap();
+        assert!(why.contains("nightly of 2026-06-01"), "{why}");
+        assert!(pin.mismatch(&tc(None)).is_some(), "undated: cannot tell");
     }
 
     #[test]
@@ -713,6 +1025,33 @@ LLVM version: 22.1.4
         assert!(
             c.contains("cargo install bpf-linker --version 0.13.0 --locked --no-default-features --features llvm-22 --force"),
             "{c}"
+        );
+        assert_eq!(
+            Fix::RustSrc {
+                toolchain: "nightly-2026-05-20".into()
+            }
+            .command(),
+            "rustup component add rust-src --toolchain nightly-2026-05-20"
+        );
+        let download = Fix::Toolchain {
+            name: "nightly-2026-05-20".into(),
+            how: Provision::Download {
+                name: "nightly-2026-05-20".into(),
+            },
+        };
+        assert_eq!(download.what(), "toolchain nightly-2026-05-20");
+        assert_eq!(
+            download.command(),
+            "rustup toolchain install nightly-2026-05-20 --profile minimal --component rust-src"
+        );
+        let link = Provision::Link {
+            target: "/root/.rustup/toolchains/nightly-x86_64-unknown-linux-gnu".into(),
+            link: "/root/.rustup/toolchains/nightly-2026-05-20-x86_64-unknown-linux-gnu".into(),
+        };
+        assert_eq!(
+            link.command(),
+            "ln -s /root/.rustup/toolchains/nightly-x86_64-unknown-linux-gnu \
+             /root/.rustup/toolchains/nightly-2026-05-20-x86_64-unknown-linux-gnu"
         );
         assert_eq!(
             Fix::Apt(vec!["llvm-22-dev".into(), "curl".into()]).command(),
