@@ -64,7 +64,9 @@ impl RequestClass {
     }
 }
 
-/// Why a request was classified [`RequestClass::Invalid`].
+/// Why a request was classified [`RequestClass::Invalid`] (1 to 7), or
+/// [`RequestClass::Incomplete`] (from 8): what kept the classifier from
+/// judging it. Enforce mode resets those (it fails closed).
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum InvalidReason {
@@ -83,6 +85,28 @@ pub enum InvalidReason {
     TtlOutOfRange = 6,
     /// Bytes that are not an HTTP request head.
     Malformed = 7,
+    /// The connection ended (FIN or RST) inside a request head: IMDS never
+    /// got a whole request, so nothing needs dropping.
+    ConnectionClosed = 8,
+    /// The head ran past [`crate::http::MAX_HEAD_BYTES`].
+    HeadTooLong = 9,
+    /// A packet's payload ran past what one packet's scan reads.
+    PacketTooLong = 10,
+    /// A packet's bytes needed more parser steps than one packet gets.
+    TooManySteps = 11,
+    /// Bytes before this segment were never seen (a sequence gap).
+    SequenceGap = 12,
+    /// A segment of a connection the classifier holds no state for (its
+    /// entry was evicted, or it was open before the monitor started) that
+    /// does not start a request head.
+    UntrackedConnection = 13,
+    /// More bytes on a connection whose stream could not be followed (after
+    /// junk, or after one of the reasons above).
+    Unfollowed = 14,
+    /// Data in a SYN (TCP Fast Open).
+    SynData = 15,
+    /// An IP fragment, or IPv6 extension headers the classifier does not follow.
+    IpHeader = 16,
 }
 
 impl InvalidReason {
@@ -95,6 +119,15 @@ impl InvalidReason {
             5 => Self::MissingTtl,
             6 => Self::TtlOutOfRange,
             7 => Self::Malformed,
+            8 => Self::ConnectionClosed,
+            9 => Self::HeadTooLong,
+            10 => Self::PacketTooLong,
+            11 => Self::TooManySteps,
+            12 => Self::SequenceGap,
+            13 => Self::UntrackedConnection,
+            14 => Self::Unfollowed,
+            15 => Self::SynData,
+            16 => Self::IpHeader,
             _ => Self::None,
         }
     }
@@ -109,7 +142,66 @@ impl InvalidReason {
             Self::MissingTtl => "missing_ttl",
             Self::TtlOutOfRange => "ttl_out_of_range",
             Self::Malformed => "malformed",
+            Self::ConnectionClosed => "connection_closed",
+            Self::HeadTooLong => "head_too_long",
+            Self::PacketTooLong => "packet_too_long",
+            Self::TooManySteps => "too_many_steps",
+            Self::SequenceGap => "sequence_gap",
+            Self::UntrackedConnection => "untracked_connection",
+            Self::Unfollowed => "unfollowed",
+            Self::SynData => "syn_data",
+            Self::IpHeader => "ip_header",
         }
+    }
+
+    /// Every reason, for tests and docs.
+    pub const ALL: [Self; 17] = [
+        Self::None,
+        Self::Method,
+        Self::PutNotToken,
+        Self::DatedTokenPath,
+        Self::ForwardedFor,
+        Self::MissingTtl,
+        Self::TtlOutOfRange,
+        Self::Malformed,
+        Self::ConnectionClosed,
+        Self::HeadTooLong,
+        Self::PacketTooLong,
+        Self::TooManySteps,
+        Self::SequenceGap,
+        Self::UntrackedConnection,
+        Self::Unfollowed,
+        Self::SynData,
+        Self::IpHeader,
+    ];
+
+    /// Whether a request of this reason, in enforce mode, must not reach
+    /// IMDS: everything unjudged except a head its client abandoned.
+    pub const fn fails_closed(self) -> bool {
+        (self as u8) > Self::ConnectionClosed as u8
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_round_trip_and_have_distinct_names() {
+        let mut names = Vec::new();
+        for (i, reason) in InvalidReason::ALL.iter().enumerate() {
+            assert_eq!(*reason as usize, i);
+            assert_eq!(InvalidReason::from_u8(i as u8), *reason);
+            names.push(reason.as_str());
+        }
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), InvalidReason::ALL.len());
+        assert_eq!(InvalidReason::from_u8(200), InvalidReason::None);
+        assert!(!InvalidReason::ConnectionClosed.fails_closed());
+        assert!(InvalidReason::HeadTooLong.fails_closed());
+        assert!(InvalidReason::IpHeader.fails_closed());
+        assert!(!InvalidReason::Malformed.fails_closed());
     }
 }
 

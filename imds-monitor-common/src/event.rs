@@ -240,6 +240,12 @@ pub mod stat {
     /// not be followed to the end.
     pub const RESPONSES: u32 = 4;
     pub const RESPONSES_LOST: u32 = 5;
+    /// Segments of connections without state that did not start a request
+    /// (their entry evicted, or opened before the monitor started).
+    pub const UNTRACKED_SEGMENTS: u32 = 6;
+    /// Packets to an endpoint the classifier could not read: IP fragments,
+    /// IPv6 extension headers, data in a SYN.
+    pub const UNREADABLE_PACKETS: u32 = 7;
     /// Requests classified, by class: `CLASS_BASE + class`.
     pub const CLASS_BASE: u32 = 8;
     pub const COUNT: u32 = 16;

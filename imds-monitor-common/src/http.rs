@@ -748,6 +748,24 @@ impl RequestParser {
     }
 }
 
+/// Whether the first `avail` bytes of the stream, `word` (the first byte in
+/// the lowest bits), start a request line: 1 to 7 upper-case letters, then
+/// a space. The classifier parses a connection it holds no state for from
+/// such a segment on (a keep-alive connection older than the monitor), and
+/// judges nothing else it sends: a header line never starts like this
+/// (no space before its colon).
+#[inline(always)]
+pub const fn starts_request(word: u64, avail: u32) -> bool {
+    let n = if avail < 8 { avail } else { 8 };
+    let space = swar::equal(word, b' ') & low_bytes(n);
+    let method_len = swar::first(space);
+    if method_len == 0 || method_len >= 8 {
+        return false;
+    }
+    let letters = low_bytes(method_len) & swar::HIGH;
+    swar::upper(word) & letters == letters
+}
+
 /// A mask of the first `n` bytes of a word (`n` at most 8).
 #[inline(always)]
 const fn low_bytes(n: u32) -> u64 {

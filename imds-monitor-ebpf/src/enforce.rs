@@ -6,8 +6,10 @@
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::{BPF_F_INGRESS, TC_ACT_SHOT},
-    helpers::generated::{bpf_csum_diff, bpf_redirect, bpf_skb_change_tail, bpf_skb_store_bytes},
+    bindings::{BPF_F_INGRESS, TC_ACT_SHOT, bpf_adj_room_mode::BPF_ADJ_ROOM_NET},
+    helpers::generated::{
+        bpf_csum_diff, bpf_redirect, bpf_skb_adjust_room, bpf_skb_change_tail, bpf_skb_store_bytes,
+    },
     programs::TcContext,
 };
 use imds_monitor_common::event::{AF_INET, AF_INET6};
@@ -95,16 +97,30 @@ fn build_reset(ctx: &TcContext, segment: &Segment) -> Option<()> {
         return None;
     }
     let l3 = segment.l3_offset as usize;
-    let l4 = segment.l4_offset as usize;
-    // IP options or extension headers: not rewritten (the packet is dropped).
     let plain = match segment.key.family {
-        AF_INET => l4 - l3 == IPV4_HEADER,
-        AF_INET6 => l4 - l3 == IPV6_HEADER,
-        _ => false,
+        AF_INET => IPV4_HEADER,
+        AF_INET6 => IPV6_HEADER,
+        _ => return None,
     };
-    if !plain {
-        return None;
+    // IPv4 options or IPv6 extension headers: taken out first, so that the
+    // reset has a plain IP header. The kernel moves the headers before them
+    // (not the TCP header), so the checksum offload state still points at
+    // the TCP header.
+    let extra = (segment.l4_offset as usize).saturating_sub(l3 + plain);
+    if extra != 0 {
+        let ret = unsafe {
+            bpf_skb_adjust_room(
+                ctx.as_ptr().cast(),
+                -(extra as i32),
+                BPF_ADJ_ROOM_NET,
+                0,
+            )
+        };
+        if ret != 0 {
+            return None;
+        }
     }
+    let l4 = l3 + plain;
     // The MACs, swapped: the host takes the reset as addressed to it.
     let eth: [u8; ETH_HEADER] = ctx.load(0).ok()?;
     let mut swapped = eth;

@@ -34,14 +34,18 @@ static ENDPOINTS: imds_monitor_common::config::Endpoints =
 /// Sees every packet leaving the interface; acts only on TCP to IMDS endpoints.
 #[classifier]
 pub fn imds_classify(ctx: TcContext) -> i32 {
-    let Some(segment) = packet::imds_segment(&ctx) else {
-        return TC_ACT_UNSPEC;
-    };
-    match flow::on_segment(&ctx, &segment) {
+    match packet::imds_packet(&ctx) {
         // UNSPEC lets the next program (TCX) or the default action (clsact) decide.
-        flow::Fate::Pass => TC_ACT_UNSPEC,
-        flow::Fate::Drop => TC_ACT_SHOT as i32,
-        flow::Fate::Reset => enforce::reset_client(&ctx, &segment),
+        packet::Packet::Other => TC_ACT_UNSPEC,
+        packet::Packet::Unreadable(key) => match flow::on_unreadable(&ctx, &key) {
+            flow::Fate::Pass => TC_ACT_UNSPEC,
+            _ => TC_ACT_SHOT as i32,
+        },
+        packet::Packet::Segment(segment) => match flow::on_segment(&ctx, &segment) {
+            flow::Fate::Pass => TC_ACT_UNSPEC,
+            flow::Fate::Drop => TC_ACT_SHOT as i32,
+            flow::Fate::Reset => enforce::reset_client(&ctx, &segment),
+        },
     }
 }
 

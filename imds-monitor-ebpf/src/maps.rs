@@ -16,9 +16,12 @@ use crate::scan::Origin;
 pub const SCAN_CAP: usize = 2048;
 
 /// Connections to IMDS endpoints being parsed. LRU: a connection that
-/// vanished without FIN is evicted instead of filling the map.
+/// vanished without FIN is evicted instead of filling the map. 16,384
+/// connections open at once is far above what IMDS's own packet rate limit
+/// lets a host keep busy; an evicted connection's later segments are
+/// judged as untracked (reset in enforce mode unless they start a request).
 #[map]
-pub static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(8192, 0);
+pub static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(16384, 0);
 
 /// Classified requests for the daemon.
 #[map]
@@ -51,6 +54,8 @@ pub struct ScanBuffer {
     pub skipped: u64,
     /// Payload bytes in `payload`.
     pub len: u64,
+    /// 1 when the packet's payload ran past `payload`.
+    pub truncated: u64,
     pub flow: FlowState,
     pub origin: Origin,
 }
@@ -63,21 +68,33 @@ pub static SCRATCH: PerCpuArray<ScanBuffer> = PerCpuArray::with_max_entries(1, 0
 #[map]
 static NEW_FLOW: PerCpuArray<FlowState> = PerCpuArray::with_max_entries(1, 0);
 
+/// The staging value, reset for a connection whose next payload byte has
+/// sequence `next_seq`; also what events about packets of no tracked
+/// connection are made from.
+#[inline(always)]
+pub fn staged_flow(next_seq: u32) -> Option<*mut FlowState> {
+    let staged = NEW_FLOW.get_ptr_mut(0)?;
+    let flow = unsafe { &mut *staged };
+    flow.parser.reset();
+    flow.next_seq = next_seq;
+    flow.first_seq = next_seq;
+    flow.body_left = 0;
+    flow.requests = 0;
+    flow.flags = 0;
+    flow.attribution = 0;
+    flow.forwarded = 0;
+    flow.owner.exempt_rule = 0;
+    Some(staged)
+}
+
 /// Starts tracking a connection at the payload byte with sequence
 /// `next_seq`. Returns whether the entry was made.
 #[inline(always)]
 pub fn track_flow(key: &FlowKey, next_seq: u32) -> bool {
-    let Some(staged) = NEW_FLOW.get_ptr_mut(0) else {
+    let Some(staged) = staged_flow(next_seq) else {
         return false;
     };
-    let staged = unsafe { &mut *staged };
-    staged.parser.reset();
-    staged.next_seq = next_seq;
-    staged.first_seq = next_seq;
-    staged.body_left = 0;
-    staged.flags = 0;
-    staged.attribution = 0;
-    FLOWS.insert(key, &*staged, 0).is_ok()
+    FLOWS.insert(key, unsafe { &*staged }, 0).is_ok()
 }
 
 /// Unread bytes above which an event wakes the daemon at once. Below it

@@ -15,7 +15,7 @@ use imds_monitor_common::{
 
 use crate::{
     copy,
-    maps::{ACTIONS, EVENTS, Payload, SCAN_CAP, SCRATCH, ScanBuffer, count, submit_flags},
+    maps::{ACTIONS, EVENTS, FLOWS, Payload, SCAN_CAP, SCRATCH, ScanBuffer, count, submit_flags},
 };
 
 /// Where a request came from, copied into each event of a packet.
@@ -65,12 +65,13 @@ pub const STEPS: u64 = 512;
 /// Feeds a segment's new payload bytes through the connection's parser.
 ///
 /// The parser runs in [`imds_scan_step`], a global function: the verifier
-/// checks it once, on its own, and the loop here costs it a handful of
-/// instructions per iteration. That keeps the classifier far below the
+/// checks it once, on its own, and the loop in [`imds_scan`] costs it a
+/// handful of instructions per iteration. That keeps the classifier far below the
 /// verifier's limits on every kernel (no `bpf_loop`, which needs 5.17, and
 /// whose callback newer verifiers re-check until its states converge). A
 /// global function takes only scalars (5.10), so the step works on a
-/// per-CPU copy of the connection's state, copied in and out here.
+/// per-CPU copy of the connection's state, copied in here and out by
+/// [`imds_scan`].
 #[inline(always)]
 pub fn scan_payload(ctx: &TcContext, flow: &mut FlowState, origin: &Origin, offset: u32, len: u32) {
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
@@ -91,39 +92,68 @@ pub fn scan_payload(ctx: &TcContext, flow: &mut FlowState, origin: &Origin, offs
     work.flags = flow.flags;
     work.attribution = flow.attribution;
     work.forwarded = flow.forwarded;
-    let mut index = 0;
-    let mut finished = false;
-    while index < STEPS {
-        if imds_scan_step(index) != 0 {
-            finished = true;
+    buffer.truncated = (n < len) as u64;
+    imds_scan();
+}
+
+/// Runs the steps over the payload in [`SCRATCH`], reports what they left
+/// unread, then copies the working state back to the connection's entry.
+/// A global function, like the step: its loop is verified once, from one
+/// state, whatever paths of the classifier lead to it.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn imds_scan() -> i64 {
+    let mut steps = 0;
+    while steps < STEPS {
+        if imds_scan_step(steps) != 0 {
             break;
         }
-        index += 1;
+        steps += 1;
     }
-    // The steps changed it through their own pointer.
-    let work = unsafe { &(*scratch).flow };
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    let ScanBuffer {
+        flow: work,
+        origin,
+        truncated,
+        ..
+    } = unsafe { &mut *scratch };
+    // Bytes past the buffer or the steps are not judged: they might hold
+    // a request. Enforce mode resets the connection (fails closed).
+    let unread = *truncated != 0 || steps >= STEPS;
+    if unread && work.flags & (flow_flag::DESYNC | flow_flag::BLOCKED) == 0 {
+        if action_for(RequestClass::Incomplete) == action::DROP && work.owner.exempt_rule == 0 {
+            work.flags |= flow_flag::BLOCKED;
+        }
+        let reason = if *truncated != 0 {
+            InvalidReason::PacketTooLong
+        } else {
+            InvalidReason::TooManySteps
+        };
+        emit(origin, work, RequestClass::Incomplete, reason);
+        work.flags |= flow_flag::DESYNC;
+    }
+    let Some(flow) = FLOWS.get_ptr_mut(&origin.key) else {
+        return 0;
+    };
+    let flow = unsafe { &mut *flow };
     copy::parser(&mut flow.parser, &work.parser);
     flow.body_left = work.body_left;
     flow.requests = work.requests;
     // Only set here, never cleared; the response side sets its own bits.
     flow.flags |= work.flags;
-    // Bytes past the buffer or the steps are not judged.
-    if (!finished || n < len) && flow.flags & flow_flag::DESYNC == 0 {
-        if flow.parser.in_request() {
-            emit(origin, flow, RequestClass::Incomplete, InvalidReason::None);
-        }
-        flow.flags |= flow_flag::DESYNC;
-    }
+    0
 }
 
 #[inline(always)]
-fn action_for(class: RequestClass) -> u8 {
+pub fn action_for(class: RequestClass) -> u8 {
     ACTIONS.get(class as u32).copied().unwrap_or(action::PASS)
 }
 
 /// `bpf_skb_load_bytes` with a 64-bit length argument (see `scan_payload`).
 #[inline(always)]
-fn load_bytes(ctx: &TcContext, offset: u32, to: *mut c_void, len: u64) -> i64 {
+pub fn load_bytes(ctx: &TcContext, offset: u32, to: *mut c_void, len: u64) -> i64 {
     const BPF_FUNC_SKB_LOAD_BYTES: usize = 26;
     let helper: unsafe extern "C" fn(*mut c_void, u32, *mut c_void, u64) -> i64 =
         unsafe { core::mem::transmute(BPF_FUNC_SKB_LOAD_BYTES) };
@@ -173,6 +203,7 @@ pub extern "C" fn imds_scan_step(index: u64) -> i64 {
         len,
         flow,
         origin,
+        ..
     } = unsafe { &mut *buffer };
     let (payload, len, origin) = (&*payload, *len, &*origin);
     let pos = index + *skipped;
@@ -235,7 +266,16 @@ pub extern "C" fn imds_scan_step(index: u64) -> i64 {
             1
         }
         Step::Overflow => {
-            emit(origin, flow, RequestClass::Incomplete, InvalidReason::None);
+            // A head longer than the parser reads: enforce mode resets it.
+            if action_for(RequestClass::Incomplete) == action::DROP && flow.owner.exempt_rule == 0 {
+                flow.flags |= flow_flag::BLOCKED;
+            }
+            emit(
+                origin,
+                flow,
+                RequestClass::Incomplete,
+                InvalidReason::HeadTooLong,
+            );
             flow.flags |= flow_flag::DESYNC;
             1
         }

@@ -319,9 +319,13 @@ impl EventWriter {
                 .and_then(|o| o.exempt_rule.checked_sub(1))
                 .map(|i| i as usize);
             let dropped = request.kernel_verdict == Verdict::Dropped;
-            let decision = info
-                .mode
-                .decide(&self.policy, request.class, exception, dropped);
+            let decision = info.mode.decide(
+                &self.policy,
+                request.class,
+                request.reason,
+                exception,
+                dropped,
+            );
             push(
                 &mut self.batch,
                 &traffic::request(&request, &sender, &decision, interface, info),

@@ -613,3 +613,50 @@ fn reset_leaves_the_state_new_makes() {
     fresh.method = p.method;
     assert_eq!(format!("{p:?}"), format!("{fresh:?}"));
 }
+
+#[test]
+fn starts_request_takes_request_lines_only() {
+    let word = |s: &[u8]| {
+        let mut w = [0u8; 8];
+        let n = s.len().min(8);
+        w[..n].copy_from_slice(&s[..n]);
+        (u64::from_le_bytes(w), s.len() as u32)
+    };
+    for yes in [
+        &b"GET /latest"[..],
+        b"PUT /x",
+        b"HEAD / HTTP/1.1",
+        b"A b",
+        b"OPTIONS *",
+    ] {
+        let (w, n) = word(yes);
+        assert!(
+            super::starts_request(w, n),
+            "{:?}",
+            String::from_utf8_lossy(yes)
+        );
+    }
+    for no in [
+        &b"Host: x\r\n"[..],
+        b"x-aws-ec2-metadata-token: t",
+        b"get /",
+        b" GET /",
+        b"GET",
+        b"GET/ x",
+        b"CONNECTS x",
+        b"\r\n",
+        b"",
+        b"HTTP/1.1\r\n",
+        b"GE",
+    ] {
+        let (w, n) = word(no);
+        assert!(
+            !super::starts_request(w, n),
+            "{:?}",
+            String::from_utf8_lossy(no)
+        );
+    }
+    // Bytes past `avail` do not count.
+    let (w, _) = word(b"GET /");
+    assert!(!super::starts_request(w, 3));
+}

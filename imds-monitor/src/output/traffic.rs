@@ -45,6 +45,9 @@ pub fn request<'a>(
     };
     let own = RequestImds {
         class: req.class.as_str(),
+        incomplete_reason: (req.class == RequestClass::Incomplete
+            && req.reason != InvalidReason::None)
+            .then(|| req.reason.as_str()),
         invalid_reason: (req.class == RequestClass::Invalid && req.reason != InvalidReason::None)
             .then(|| req.reason.as_str()),
         other_cloud: (req.class == RequestClass::OtherCloud).then(|| other_cloud(req.flags)),
@@ -562,6 +565,8 @@ struct WorkloadId<'a> {
 struct RequestImds<'a> {
     class: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
+    incomplete_reason: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     invalid_reason: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     other_cloud: Option<&'static str>,
@@ -634,6 +639,7 @@ mod tests {
         let decision = mode.decide(
             &crate::policy::model::Policy::default(),
             req.class,
+            req.reason,
             None,
             false,
         );

@@ -126,11 +126,17 @@ pub fn render(file: &str, policy: &Policy) -> String {
             let _ = writeln!(out, "       {:<13} = {:?}", matcher.key(), matcher.value());
         }
     }
-    if RequestClass::ALL
-        .into_iter()
-        .all(|c| policy.action(c) == Action::Allow)
+    // Unjudged requests are always dropped, so an exception always has
+    // something to apply to; say when that is all it applies to.
+    if !policy.exceptions.is_empty()
+        && RequestClass::ALL
+            .into_iter()
+            .all(|c| c == RequestClass::Incomplete || policy.action(c) == Action::Allow)
     {
-        out.push_str("\nnote: every class is allowed, so no exception ever applies\n");
+        out.push_str(
+            "\nnote: every class but incomplete is allowed, so the exceptions only let \
+             requests the classifier could not judge through\n",
+        );
     }
     out
 }

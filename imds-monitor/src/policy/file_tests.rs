@@ -29,7 +29,8 @@ fn rejections_name_the_line_and_the_reason() {
         ("drop v2_get", "[actions]\nv2_get = \"drop\"\n", 2, "`drop` is not allowed for v2_get: dropping IMDSv2 requests would break the workloads that already migrated"),
         ("drop v2_token_put", "[actions]\nv2_token_put = \"drop\"\n", 2, "not allowed for v2_token_put: dropping IMDSv2"),
         ("drop other_cloud", "[actions]\nother_cloud = \"drop\"\n", 2, "not allowed for other_cloud: other_cloud requests are GCP"),
-        ("drop incomplete", "[actions]\nincomplete = \"drop\"\n", 2, "not allowed for incomplete: the classifier did not see"),
+        ("allow incomplete", "[actions]\nincomplete = \"allow\"\n", 2, "`allow` is not allowed for incomplete: enforce mode fails closed"),
+        ("alert incomplete", "[actions]\n\nincomplete = \"alert\"\n", 3, "not allowed for incomplete: enforce mode fails closed"),
         ("unknown key in exception", "[[exception]]\nname = \"a\"\ncgroup_prefix = \"/a.slice\"\nunit = \"cron.service\"\n", 4, "unknown key `unit`, expected one of `name`, `cgroup_prefix`"),
         ("exception without name", "[actions]\nv1_get = \"drop\"\n\n[[exception]]\ncgroup_prefix = \"/a.slice\"\n", 4, "exception has no `name`"),
         ("name not a string", "[[exception]]\nname = 7\n", 2, "invalid type: integer `7`, expected a string"),
@@ -73,7 +74,11 @@ fn an_empty_file_is_the_default_policy() {
         assert_eq!(parse(text), Ok(defaults.clone()), "{text:?}");
     }
     assert_eq!(defaults.action(V1Get), Action::Drop);
-    for class in RequestClass::ALL.into_iter().filter(|&c| c != V1Get) {
+    assert_eq!(defaults.action(Incomplete), Action::Drop);
+    for class in RequestClass::ALL
+        .into_iter()
+        .filter(|&c| c != V1Get && c != Incomplete)
+    {
         assert_eq!(defaults.action(class), Action::Allow, "{class:?}");
     }
     assert!(defaults.origins.iter().all(|o| *o == Origin::Default));
@@ -110,7 +115,7 @@ fn the_documented_example_parses_to_what_it_says() {
         Action::Allow,
         Action::Alert,
         Action::Allow,
-        Action::Allow,
+        Action::Drop,
     ];
     assert_eq!(policy.actions, actions);
     let origins = [
@@ -207,7 +212,8 @@ fn decide_follows_classes_then_first_matching_exception() {
         ("invalid from anyone", Invalid, nobody, Action::Alert, "actions.invalid"),
         ("allowed stays allowed", V2Get, backup, Action::Allow, "default"),
         ("allowed stays allowed, set in file", OtherCloud, backup, Action::Allow, "actions.other_cloud"),
-        ("default class", Incomplete, nobody, Action::Allow, "default"),
+        ("unjudged fails closed by default", Incomplete, nobody, Action::Drop, "default"),
+        ("exceptions cover unjudged requests too", Incomplete, vendor, Action::Allow, "exception:vendor-agent"),
         ("token put", V2TokenPut, vendor, Action::Allow, "default"),
     ];
     for (what, class, sender, action, rule) in cases {
@@ -246,7 +252,7 @@ fn check_says_when_no_exception_can_apply() {
     );
     assert!(out.contains("  1. a (line 3): alert\n"), "{out}");
     assert!(
-        out.ends_with("\nnote: every class is allowed, so no exception ever applies\n"),
+        out.ends_with("\nnote: every class but incomplete is allowed, so the exceptions only let requests the classifier could not judge through\n"),
         "{out}"
     );
     let out = render("p.toml", &parse(EXAMPLE).expect("valid"));

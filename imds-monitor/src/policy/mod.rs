@@ -15,7 +15,7 @@ pub mod parse;
 
 pub use check::{PolicyArgs, main};
 
-use imds_monitor_common::class::{RequestClass, Verdict};
+use imds_monitor_common::class::{InvalidReason, RequestClass, Verdict};
 use model::{Action, Policy};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -40,15 +40,19 @@ impl Mode {
 
     /// What an event says about a request. `exception` is the policy
     /// exception the kernel found for its sender (index), `dropped` whether
-    /// the kernel dropped it. Monitor mode judges nothing.
+    /// the kernel dropped it. Monitor mode judges nothing. An incomplete
+    /// head its client abandoned (`reason`) reached IMDS as nothing whole:
+    /// no rule applies to it.
     pub fn decide(
         self,
         policy: &Policy,
         class: RequestClass,
+        reason: InvalidReason,
         exception: Option<usize>,
         dropped: bool,
     ) -> Decision {
-        if self == Self::Monitor {
+        let abandoned = class == RequestClass::Incomplete && !reason.fails_closed();
+        if self == Self::Monitor || abandoned {
             return Decision {
                 verdict: if dropped {
                     Verdict::Dropped
@@ -96,52 +100,85 @@ systemd_unit = "legacy.service"
 "#;
 
     #[test]
-    fn default_policy_judges_v1_per_mode() {
+    fn default_policy_judges_v1_and_unjudged_per_mode() {
         let policy = Policy::default();
         for class in RequestClass::ALL {
-            let v1 = class == RequestClass::V1Get;
-            let monitor = Mode::Monitor.decide(&policy, class, None, false);
+            // IMDSv1 reads and what the classifier could not judge (fail closed).
+            let drops = matches!(class, RequestClass::V1Get | RequestClass::Incomplete);
+            let reason = if class == RequestClass::Incomplete {
+                InvalidReason::HeadTooLong
+            } else {
+                InvalidReason::None
+            };
+            let monitor = Mode::Monitor.decide(&policy, class, reason, None, false);
             assert_eq!(
                 (monitor.verdict, monitor.rule, monitor.would_drop),
                 (Verdict::Allowed, None, false)
             );
-            let alert = Mode::Alert.decide(&policy, class, None, false);
-            assert_eq!(
-                alert.verdict,
-                if v1 {
-                    Verdict::Alerted
-                } else {
-                    Verdict::Allowed
-                }
-            );
-            assert_eq!(alert.would_drop, v1);
+            let alert = Mode::Alert.decide(&policy, class, reason, None, false);
+            let alerted = if drops {
+                Verdict::Alerted
+            } else {
+                Verdict::Allowed
+            };
+            assert_eq!(alert.verdict, alerted, "{class:?}");
+            assert_eq!(alert.would_drop, drops, "{class:?}");
             assert_eq!(alert.rule.as_deref(), Some("default"));
-            let enforce = Mode::Enforce.decide(&policy, class, None, v1);
-            assert_eq!(
-                enforce.verdict,
-                if v1 {
-                    Verdict::Dropped
-                } else {
-                    Verdict::Allowed
-                }
-            );
+            let enforce = Mode::Enforce.decide(&policy, class, reason, None, drops);
+            let dropped = if drops {
+                Verdict::Dropped
+            } else {
+                Verdict::Allowed
+            };
+            assert_eq!(enforce.verdict, dropped, "{class:?}");
             assert!(!enforce.would_drop);
+        }
+    }
+
+    #[test]
+    fn an_abandoned_head_is_reported_not_judged() {
+        let policy = Policy::default();
+        let closed = InvalidReason::ConnectionClosed;
+        for mode in [Mode::Alert, Mode::Enforce] {
+            let d = mode.decide(&policy, RequestClass::Incomplete, closed, None, false);
+            assert_eq!(
+                (d.verdict, d.rule, d.would_drop),
+                (Verdict::Allowed, None, false)
+            );
         }
     }
 
     #[test]
     fn the_kernels_exception_names_the_rule() {
         let policy = parse::parse(EXCEPTIONS).unwrap();
-        let d = Mode::Enforce.decide(&policy, RequestClass::V1Get, Some(0), false);
+        let d = Mode::Enforce.decide(
+            &policy,
+            RequestClass::V1Get,
+            InvalidReason::None,
+            Some(0),
+            false,
+        );
         assert_eq!(
             d.verdict,
             Verdict::Alerted,
             "the exception's default action is alert"
         );
         assert_eq!(d.rule.as_deref(), Some("exception:legacy"));
-        let d = Mode::Alert.decide(&policy, RequestClass::V1Get, Some(0), false);
+        let d = Mode::Alert.decide(
+            &policy,
+            RequestClass::V1Get,
+            InvalidReason::None,
+            Some(0),
+            false,
+        );
         assert!(!d.would_drop, "excepted: enforce would not drop it");
-        let v2 = Mode::Enforce.decide(&policy, RequestClass::V2Get, Some(0), false);
+        let v2 = Mode::Enforce.decide(
+            &policy,
+            RequestClass::V2Get,
+            InvalidReason::None,
+            Some(0),
+            false,
+        );
         assert_eq!(
             (v2.verdict, v2.rule.as_deref()),
             (Verdict::Allowed, Some("default"))

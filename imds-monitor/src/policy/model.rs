@@ -110,16 +110,25 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// Enforce mode's defaults: IMDSv1 reads are dropped, nothing else is touched.
+    /// Enforce mode's defaults: IMDSv1 reads are dropped, and so is what the
+    /// classifier cannot judge (it fails closed); nothing else is touched.
     pub const fn default_action(class: RequestClass) -> Action {
         match class {
-            RequestClass::V1Get => Action::Drop,
+            RequestClass::V1Get | RequestClass::Incomplete => Action::Drop,
             _ => Action::Allow,
         }
     }
 
     /// Whether `action` may be set for `class`, and if not, why.
     pub fn check_allowed(class: RequestClass, action: Action) -> Result<(), &'static str> {
+        if class == RequestClass::Incomplete && action != Action::Drop {
+            return Err(
+                "enforce mode fails closed: a request the classifier could not judge (its head \
+                 too long, a connection it lost track of, an IP fragment, ...) is always dropped \
+                 and reported with the reason; to let a workload through, give it an \
+                 [[exception]]",
+            );
+        }
         if action != Action::Drop {
             return Ok(());
         }
@@ -134,10 +143,7 @@ impl Policy {
                  IMDSv1 use; dropping them makes those clients wait for a timeout instead of \
                  getting IMDS's quick refusal",
             ),
-            RequestClass::Incomplete => Err(
-                "the classifier did not see the whole request head, so it cannot tell IMDSv1 \
-                 from IMDSv2; dropping could break IMDSv2 clients",
-            ),
+            RequestClass::Incomplete => Ok(()),
         }
     }
 

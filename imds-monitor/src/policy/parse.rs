@@ -128,7 +128,11 @@ pub fn parse(text: &str) -> Result<Policy, PolicyError> {
         Policy::check_allowed(class, action).map_err(|why| {
             at(
                 value.span(),
-                format!("`drop` is not allowed for {}: {why}", class.as_str()),
+                format!(
+                    "`{}` is not allowed for {}: {why}",
+                    action.as_str(),
+                    class.as_str()
+                ),
             )
         })?;
         policy.actions[class as usize] = action;
