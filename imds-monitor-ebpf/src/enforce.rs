@@ -109,12 +109,7 @@ fn build_reset(ctx: &TcContext, segment: &Segment) -> Option<()> {
     let extra = (segment.l4_offset as usize).saturating_sub(l3 + plain);
     if extra != 0 {
         let ret = unsafe {
-            bpf_skb_adjust_room(
-                ctx.as_ptr().cast(),
-                -(extra as i32),
-                BPF_ADJ_ROOM_NET,
-                0,
-            )
+            bpf_skb_adjust_room(ctx.as_ptr().cast(), -(extra as i32), BPF_ADJ_ROOM_NET, 0)
         };
         if ret != 0 {
             return None;

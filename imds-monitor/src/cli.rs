@@ -109,6 +109,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "MIB", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
     pub rotate_mib: u64,
 
+    /// Bytes of events held in memory while the output is slow or failing (a
+    /// stalled reader of stdout, a full disk); beyond it events are counted
+    /// and reported in an `events-lost` record once writing works again
+    #[arg(long, value_name = "KIB", default_value_t = 16 * 1024, value_parser = clap::value_parser!(u64).range(4..=4 * 1024 * 1024))]
+    pub output_queue_kib: u64,
+
     /// Rotated files to keep (gzip-compressed, except the newest)
     #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub rotate_keep: u64,

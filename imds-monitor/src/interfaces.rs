@@ -116,8 +116,16 @@ pub fn choose(requested: &[String], endpoints: &[SocketAddr]) -> Result<Vec<Stri
         let mut chosen = Vec::new();
         for name in requested {
             if index_of(name).is_none() {
+                let why = if name.len() >= libc::IF_NAMESIZE {
+                    format!(
+                        "no such interface (names have at most {} bytes)",
+                        libc::IF_NAMESIZE - 1
+                    )
+                } else {
+                    "no such interface".to_owned()
+                };
                 bail!(
-                    "interface `{name}` not found; interfaces here: {}",
+                    "--iface {name}: {why}; interfaces here: {}",
                     all_names().join(", ")
                 );
             }
@@ -243,6 +251,14 @@ fd000ec2000000000000000000000254 80 00000000000000000000000000000000 00 00000000
         let err = choose(&["no-such-if0".into()], &[])
             .unwrap_err()
             .to_string();
-        assert!(err.contains("`no-such-if0` not found"), "{err}");
+        assert!(
+            err.starts_with("--iface no-such-if0: no such interface; interfaces here: "),
+            "{err}"
+        );
+        assert!(err.contains("lo"), "lists the ones there are: {err}");
+        let err = choose(&["a-name-far-too-long-for-linux".into()], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("at most 15 bytes"), "{err}");
     }
 }

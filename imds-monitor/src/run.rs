@@ -1,11 +1,14 @@
 //! `imds-monitor run`: attach, stream events until SIGINT/SIGTERM, detach.
 
-use std::time::{Duration, Instant};
-
-use std::path::Path;
+use std::{
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::maps::{MapData, RingBuf};
+use bytes::{BufMut as _, BytesMut};
 use imds_monitor_common::class::Verdict;
 use tokio::{
     io::unix::AsyncFd,
@@ -24,8 +27,10 @@ use crate::{
     kernel::{Kernel, LoadOptions, Pins},
     output::{
         ecs::{self, RunInfo},
+        queue::{Line, Queue},
         sink::{Rotation, Sink},
         traffic,
+        writer::{self, Writer},
     },
     policy::{Mode, compile::compile, model::Policy, parse},
     processes::ProcessCache,
@@ -38,6 +43,8 @@ const BATCH: usize = 4096;
 /// How often queued events are collected: a busy host costs a wake-up per
 /// 20 ms, not per request; events reach the output at most this much later.
 const COALESCE: Duration = Duration::from_millis(20);
+/// How long a stop waits for the output to take what is queued.
+const STOP_FLUSH: Duration = Duration::from_secs(3);
 
 pub fn run(args: RunArgs) -> Result<()> {
     tokio::runtime::Builder::new_current_thread()
@@ -70,10 +77,10 @@ async fn run_until_signal(args: RunArgs) -> Result<()> {
     let watched = cgroups::subtree(&cgroup_root, args.cgroup.as_deref())?;
     // Open the output before attaching: a bad path fails with nothing attached.
     let rotation = Rotation {
-        max_bytes: usize::try_from(args.rotate_mib.saturating_mul(1 << 20)).unwrap_or(usize::MAX),
+        max_bytes: args.rotate_mib.saturating_mul(1 << 20),
         keep: args.rotate_keep as usize,
     };
-    let mut sink = Sink::open(args.output_path().as_deref(), rotation)?;
+    let sink = Sink::open(args.output_path().as_deref(), rotation)?;
     // Registered before attaching, so a signal during start-up still stops us cleanly.
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -127,7 +134,39 @@ async fn run_until_signal(args: RunArgs) -> Result<()> {
     // Seeded after the tracepoints are attached: no process falls in between.
     let processes = ProcessCache::seeded();
     log::info!("process cache seeded with {} processes", processes.len());
-    sink.write_value(&ecs::started(&info))?;
+    // From here on the event loop only queues lines; a thread writes them,
+    // so a slow or failing output never stops it (see output::writer).
+    let queue = Arc::new(Queue::new(
+        usize::try_from(args.output_queue_kib.saturating_mul(1024)).unwrap_or(usize::MAX),
+    ));
+    let output_name = sink.name();
+    let writer_fatal = Arc::new(tokio::sync::Notify::new());
+    let record = {
+        let info = info.clone();
+        let output_name = output_name.clone();
+        Box::new(move |loss: &_, total| {
+            let mut line = serde_json::to_vec(&ecs::output_lost(&info, &output_name, loss, total))
+                .unwrap_or_default();
+            line.push(b'\n');
+            line.into()
+        })
+    };
+    let notify = Arc::clone(&writer_fatal);
+    let writer_thread = Writer::new(
+        sink,
+        Arc::clone(&queue),
+        record,
+        Box::new(move || notify.notify_one()),
+    )
+    .spawn()?;
+    let mut out = Output {
+        queue: Arc::clone(&queue),
+        buf: BytesMut::new(),
+        lines: Vec::new(),
+        name: output_name,
+    };
+    out.push(&ecs::started(&info), false)?;
+    out.send();
     log::info!(
         "watching {} on {} ({}), mode {}",
         info.endpoints
@@ -145,8 +184,6 @@ async fn run_until_signal(args: RunArgs) -> Result<()> {
         enricher: Enricher::new(processes, CgroupPaths::new(cgroup_root.clone())),
         policy,
         diagnoser: Diagnoser::default(),
-        batch: Vec::new(),
-        written: 0,
     };
     let mut sweep = tokio::time::interval(Duration::from_secs(30));
     let mut poll = Tick::every(COALESCE)?;
@@ -156,61 +193,123 @@ async fn run_until_signal(args: RunArgs) -> Result<()> {
     );
     let mut lost_reported = 0;
     let mut lost_check = tokio::time::interval(Duration::from_secs(1));
-    loop {
+    let stdout_closed = loop {
         tokio::select! {
             // The kernel wakes us only for a backlog (BPF_RB_NO_WAKEUP
-            // otherwise): events are collected every 20 ms, one write a batch.
+            // otherwise): events are collected every 20 ms, one push a batch.
             tick = poll.tick() => {
                 tick?;
-                writer.drain_all(events.get_mut(), &info, &mut sink)?;
+                writer.drain_all(events.get_mut(), &info, &mut out)?;
             }
             ready = events.readable_mut() => {
                 let mut ready = ready?;
-                writer.drain_all(ready.get_inner_mut(), &info, &mut sink)?;
+                writer.drain_all(ready.get_inner_mut(), &info, &mut out)?;
                 ready.clear_ready();
             }
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break false,
+            _ = sigterm.recv() => break false,
+            // The output thread stopped for good: stdout was closed.
+            _ = writer_fatal.notified() => break true,
             _ = sighup.recv() => {
-                match sink.reopen() {
-                    Ok(()) => log::info!("SIGHUP: output reopened"),
-                    Err(e) => log::warn!("SIGHUP: kept the current output: {e:#}"),
-                }
+                queue.request_reopen();
                 if let Some(path) = &args.policy {
-                    // Queued events were judged under the old policy: write
-                    // them out while their rule names still mean that.
-                    writer.drain_all(events.get_mut(), &info, &mut sink)?;
+                    // Queued events were judged under the old policy: queue
+                    // them first, while their rule names still mean that.
+                    writer.drain_all(events.get_mut(), &info, &mut out)?;
                     let event = reload_policy(path, args.mode, &cgroup_root, &mut kernel, &mut writer);
-                    sink.write_value(&ecs::policy_reload(&info, path, event))?;
+                    out.push(&ecs::policy_reload(&info, path, event), false)?;
+                    out.send();
                 }
             }
             _ = sweep.tick() => writer.enricher.processes.sweep(),
             _ = summary.tick() => {
                 let counts = writer.diagnoser.take_summary();
-                sink.write_value(&ecs::summary(args.summary_interval, &counts, &info))?;
+                out.push(&ecs::summary(args.summary_interval, &counts, &info), false)?;
+                out.send();
             }
             _ = lost_check.tick() => {
                 let lost = stats::read(&stats_map)?.lost_events;
                 if lost > lost_reported {
-                    sink.write_value(&ecs::lost(&info, lost - lost_reported, lost))?;
+                    out.push(&ecs::lost(&info, lost - lost_reported, lost), false)?;
+                    out.send();
                     lost_reported = lost;
                 }
             }
         }
-    }
+    };
 
+    if stdout_closed {
+        return Err(stdout_closed_error(&mut kernel, &info, &queue));
+    }
     kernel.detach_all();
     // Detached: nothing new arrives; what is queued still gets written.
-    writer.drain_all(events.get_mut(), &info, &mut sink)?;
+    writer.drain_all(events.get_mut(), &info, &mut out)?;
     let totals = stats::read(&stats_map)?;
-    sink.write_value(&ecs::stopped(
-        &info,
-        &totals,
-        writer.written,
-        writer.enricher.partial_count,
-    ))?;
+    let output = queue.totals();
+    // Every request line queued before monitor-stopped is written before it.
+    let printed = output.requests_written + output.requests_queued;
+    out.push(
+        &ecs::stopped(
+            &info,
+            &totals,
+            printed,
+            writer.enricher.partial_count,
+            &output,
+        ),
+        false,
+    )?;
+    out.send_always();
+    queue.close();
     log::info!("detached from {}", info.interfaces.join(", "));
+    if !writer::flush(&queue, STOP_FLUSH) {
+        let output = queue.totals();
+        let why = queue
+            .fatal()
+            .or_else(|| queue.fault())
+            .unwrap_or_else(|| "it was not read".into());
+        bail!(
+            "stopped, but the last events and monitor-stopped could not be written to {} \
+             within {}s ({why}); {} events were lost in this run",
+            out.name,
+            STOP_FLUSH.as_secs(),
+            output.lost
+        );
+    }
+    let _ = writer_thread.join();
+    if output.lost > 0 {
+        log::warn!(
+            "{} events could not be written to {} in this run (each loss is in an events-lost record)",
+            output.lost,
+            out.name
+        );
+    }
     Ok(())
+}
+
+/// stdout was closed (EPIPE): the one output fault that ends the daemon, as
+/// a crash would. In enforce mode enforcement stays pinned, so that no
+/// IMDSv1 request gets through because of it: a restarted daemon adopts it
+/// with no gap (`imds-monitor detach` removes it).
+fn stdout_closed_error(kernel: &mut Kernel, info: &RunInfo, queue: &Queue) -> anyhow::Error {
+    let enforcing = info.pinned.as_ref().map(|(dir, _)| dir.clone());
+    if enforcing.is_some() {
+        kernel.persist = true;
+    }
+    kernel.detach_all();
+    let output = queue.totals();
+    let kept = match enforcing {
+        Some(dir) => format!(
+            "; enforcement stays in force, pinned in {} (a restarted daemon adopts it; \
+             `imds-monitor detach` removes it)",
+            dir.display()
+        ),
+        None => String::new(),
+    };
+    anyhow!(
+        "stdout was closed (EPIPE): the reader of the events went away; stopping after \
+         {} written{kept}",
+        ecs::events(output.lines_written)
+    )
 }
 
 /// `imds-monitor detach`: ends enforcement left pinned by `--persist` or a
@@ -263,9 +362,58 @@ struct EventWriter {
     /// The policy in force, for naming the rule that decided.
     policy: Policy,
     diagnoser: Diagnoser,
-    batch: Vec<u8>,
-    /// `imds-request` lines written (monitor-stopped's `events_written`).
-    written: u64,
+}
+
+/// The event loop's end of the output: JSON lines cut from one buffer and
+/// pushed to the queue a batch at a time. Never waits for the output.
+struct Output {
+    queue: Arc<Queue>,
+    buf: BytesMut,
+    lines: Vec<Line>,
+    /// stdout or the file, for messages.
+    name: String,
+}
+
+impl Output {
+    /// Appends `doc` as one JSON line to the batch.
+    fn push(&mut self, doc: &impl serde::Serialize, request: bool) -> Result<()> {
+        let mut w = (&mut self.buf).writer();
+        serde_json::to_writer(&mut w, doc)?;
+        self.buf.put_u8(b'\n');
+        self.lines.push(Line {
+            bytes: self.buf.split().freeze(),
+            request,
+        });
+        Ok(())
+    }
+
+    /// Queues the batch; what does not fit is counted as lost.
+    fn send(&mut self) {
+        if self.lines.is_empty() {
+            return;
+        }
+        let pushed = self.queue.push(self.lines.drain(..), SystemTime::now());
+        if pushed.overflow_began {
+            let why = match self.queue.fault() {
+                Some(error) => format!("writing fails ({error})"),
+                None => "it is not read fast enough".into(),
+            };
+            log::warn!(
+                "the output queue ({} KiB) is full: {} is not keeping up, {why}; \
+                 events are counted and dropped until it does, then reported in an \
+                 events-lost record",
+                self.queue.capacity() / 1024,
+                self.name
+            );
+        }
+    }
+
+    /// Queues the batch even beyond the queue's size (monitor-stopped).
+    fn send_always(&mut self) {
+        for line in self.lines.drain(..) {
+            self.queue.push_always(line);
+        }
+    }
 }
 
 impl EventWriter {
@@ -274,11 +422,10 @@ impl EventWriter {
         &mut self,
         ring: &mut RingBuf<MapData>,
         info: &RunInfo,
-        sink: &mut Sink,
+        out: &mut Output,
     ) -> Result<usize> {
         let clock = BootClock::now();
         let mut handled = 0;
-        self.batch.clear();
         while handled < BATCH {
             let Some(record) = ring.next() else {
                 break;
@@ -289,7 +436,7 @@ impl EventWriter {
             let request = match decoded {
                 Some(Record::Request(request)) => request,
                 Some(Record::Response(response)) => {
-                    self.on_response(&response, info)?;
+                    self.on_response(&response, info, out)?;
                     continue;
                 }
                 Some(Record::Exec(exec)) => {
@@ -326,19 +473,15 @@ impl EventWriter {
                 exception,
                 dropped,
             );
-            push(
-                &mut self.batch,
+            out.push(
                 &traffic::request(&request, &sender, &decision, interface, info),
+                true,
             )?;
-            self.written += 1;
             for finding in self.diagnoser.on_request(&request, &sender, Instant::now()) {
-                push(
-                    &mut self.batch,
-                    &traffic::finding(&finding, interface, info),
-                )?;
+                out.push(&traffic::finding(&finding, interface, info), false)?;
             }
         }
-        sink.write_batch(&self.batch).context("writing events")?;
+        out.send();
         Ok(handled)
     }
 
@@ -347,39 +490,27 @@ impl EventWriter {
         &mut self,
         ring: &mut RingBuf<MapData>,
         info: &RunInfo,
-        sink: &mut Sink,
+        out: &mut Output,
     ) -> Result<()> {
-        while self.drain(ring, info, sink)? == BATCH {}
+        while self.drain(ring, info, out)? == BATCH {}
         Ok(())
     }
 
     /// A response: `imds-response` (joined to its request) and any findings.
-    fn on_response(&mut self, response: &Response, info: &RunInfo) -> Result<()> {
+    fn on_response(&mut self, response: &Response, info: &RunInfo, out: &mut Output) -> Result<()> {
         let (joined, findings) = self.diagnoser.on_response(response);
         let Some((request, sender)) = joined else {
             // Its request was not seen (or is long gone): nothing to join.
             return Ok(());
         };
         let interface = self.names.name(response.ifindex);
-        push(
-            &mut self.batch,
+        out.push(
             &traffic::response(response, &request, &sender, interface, info),
+            false,
         )?;
         for finding in findings {
-            push(
-                &mut self.batch,
-                &traffic::finding(&finding, interface, info),
-            )?;
+            out.push(&traffic::finding(&finding, interface, info), false)?;
         }
         Ok(())
     }
-}
-
-/// Appends `doc` to `batch` as one JSON line. A function of the batch alone,
-/// so that the event writer's other fields (the interface name it borrows
-/// from its cache) stay usable meanwhile.
-fn push(batch: &mut Vec<u8>, doc: &impl serde::Serialize) -> Result<()> {
-    serde_json::to_writer(&mut *batch, doc)?;
-    batch.push(b'\n');
-    Ok(())
 }

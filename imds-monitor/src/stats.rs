@@ -12,6 +12,10 @@ pub struct KernelStats {
     pub truncated_packets: u64,
     pub responses: u64,
     pub responses_lost: u64,
+    /// Segments of connections without state that did not start a request.
+    pub untracked_segments: u64,
+    /// Packets to an endpoint not readable as one TCP segment.
+    pub unreadable_packets: u64,
     pub requests: [u64; RequestClass::COUNT],
 }
 
@@ -27,6 +31,8 @@ pub fn read(map: &PerCpuArray<MapData, u64>) -> Result<KernelStats> {
         truncated_packets: sum(stat::TRUNCATED_PACKETS)?,
         responses: sum(stat::RESPONSES)?,
         responses_lost: sum(stat::RESPONSES_LOST)?,
+        untracked_segments: sum(stat::UNTRACKED_SEGMENTS)?,
+        unreadable_packets: sum(stat::UNREADABLE_PACKETS)?,
         ..KernelStats::default()
     };
     for class in RequestClass::ALL {

@@ -52,8 +52,22 @@ fn unknown_interface_is_named_before_anything_is_attached() {
     let out = imds_monitor(&["run", "--iface", "nosuchif9"]);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
-    assert!(err.contains("`nosuchif9` not found"), "{err}");
+    assert!(
+        err.contains("--iface nosuchif9: no such interface; interfaces here: ")
+            && err.contains("lo"),
+        "{err}"
+    );
     assert!(out.stdout.is_empty(), "no event before a failed start");
+}
+
+#[test]
+fn output_below_a_file_says_it_is_not_a_directory() {
+    let out = imds_monitor(&["run", "--iface", "lo", "--output", "/dev/null/events.json"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out).trim(),
+        "imds-monitor: error: --output /dev/null/events.json: /dev/null is not a directory"
+    );
 }
 
 #[test]

@@ -28,7 +28,7 @@ class actions:
   v2_get        allow  default
   invalid       alert  file, line 7
   other_cloud   allow  file, line 8
-  incomplete    allow  default
+  incomplete    drop   default
 
 exceptions, first match wins, for requests a class action alerts on or drops:
   1. legacy-backup-agent (line 12): alert

@@ -134,7 +134,8 @@ fn long_v1_get(host: &str, padding: usize) -> Vec<u8> {
 }
 
 fn plain_v1_get() -> Vec<u8> {
-    format!("GET {CREDENTIALS} HTTP/1.1\r\nHost: imds\r\nUser-Agent: legacy/1.0\r\n\r\n").into_bytes()
+    format!("GET {CREDENTIALS} HTTP/1.1\r\nHost: imds\r\nUser-Agent: legacy/1.0\r\n\r\n")
+        .into_bytes()
 }
 
 fn stop(monitor: Monitor) -> Stopped {
@@ -201,7 +202,11 @@ fn heads_longer_than_the_scan_are_reset_in_enforce_and_flagged_in_alert() {
             "{r:#}"
         );
     }
-    assert!(of_class(&stopped, "v1_get").iter().all(|r| r["imds"]["verdict"] == "dropped"));
+    assert!(
+        of_class(&stopped, "v1_get")
+            .iter()
+            .all(|r| r["imds"]["verdict"] == "dropped")
+    );
 
     // Alert mode lets them through and says enforce would not have.
     let monitor = Monitor::start(&sb, &["--mode", "alert"]).expect("monitor");
@@ -230,7 +235,12 @@ fn ip_options_and_ipv6_extension_headers_are_judged_and_reset() {
     let stopped = stop(monitor);
     assert_eq!(served_credentials(&sb), 0, "{:#?}", sb.imds_log());
     let v1 = of_class(&stopped, "v1_get");
-    assert_eq!(v1.len(), 2, "classified through the options: {:#?}", stopped.requests());
+    assert_eq!(
+        v1.len(),
+        2,
+        "classified through the options: {:#?}",
+        stopped.requests()
+    );
     assert!(v1.iter().all(|r| r["imds"]["verdict"] == "dropped"));
 }
 
@@ -250,7 +260,11 @@ fn a_connection_without_state_is_judged_from_a_request_start_only() {
             let text = String::from_utf8_lossy(&buf[..n]).into_owned();
             let token = text.rsplit("\r\n\r\n").next().unwrap().to_owned();
             let mut half = connect(V4, Wire::Plain);
-            send(&mut half, format!("GET {CREDENTIALS} HTTP/1.1\r\n").as_bytes()).unwrap();
+            send(
+                &mut half,
+                format!("GET {CREDENTIALS} HTTP/1.1\r\n").as_bytes(),
+            )
+            .unwrap();
             (keepalive, token, half)
         })
         .expect("host namespace");
@@ -271,14 +285,25 @@ fn a_connection_without_state_is_judged_from_a_request_start_only() {
             (v2, rest)
         })
         .expect("host namespace");
-    assert_eq!(v2, Outcome::Status(200), "a healthy keep-alive v2 connection goes on");
-    assert_eq!(rest, Outcome::Reset, "the second half of a head is not judged: reset");
+    assert_eq!(
+        v2,
+        Outcome::Status(200),
+        "a healthy keep-alive v2 connection goes on"
+    );
+    assert_eq!(
+        rest,
+        Outcome::Reset,
+        "the second half of a head is not judged: reset"
+    );
     monitor.wait_for_requests(2).expect("events");
     let stopped = stop(monitor);
     assert_eq!(served_credentials(&sb), 0, "{:#?}", sb.imds_log());
     let untracked = of_class(&stopped, "incomplete");
     assert_eq!(untracked.len(), 1, "{:#?}", stopped.requests());
-    assert_eq!(untracked[0]["imds"]["incomplete_reason"], "untracked_connection");
+    assert_eq!(
+        untracked[0]["imds"]["incomplete_reason"],
+        "untracked_connection"
+    );
     assert_eq!(untracked[0]["imds"]["verdict"], "dropped");
     let v2 = of_class(&stopped, "v2_get");
     assert_eq!(v2.len(), 1, "{:#?}", stopped.requests());

@@ -630,11 +630,7 @@ fn starts_request_takes_request_lines_only() {
         b"OPTIONS *",
     ] {
         let (w, n) = word(yes);
-        assert!(
-            super::starts_request(w, n),
-            "{:?}",
-            String::from_utf8_lossy(yes)
-        );
+        assert!(starts_request(w, n), "{:?}", String::from_utf8_lossy(yes));
     }
     for no in [
         &b"Host: x\r\n"[..],
@@ -650,13 +646,9 @@ fn starts_request_takes_request_lines_only() {
         b"GE",
     ] {
         let (w, n) = word(no);
-        assert!(
-            !super::starts_request(w, n),
-            "{:?}",
-            String::from_utf8_lossy(no)
-        );
+        assert!(!starts_request(w, n), "{:?}", String::from_utf8_lossy(no));
     }
     // Bytes past `avail` do not count.
     let (w, _) = word(b"GET /");
-    assert!(!super::starts_request(w, 3));
+    assert!(!starts_request(w, 3));
 }

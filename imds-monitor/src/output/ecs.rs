@@ -10,6 +10,7 @@ use serde_json::{Map, Value, json};
 
 use std::collections::BTreeMap;
 
+use super::queue::{Loss, Totals};
 use crate::{
     diagnose::{WorkloadCounts, WorkloadKey},
     policy::Mode,
@@ -179,7 +180,15 @@ pub fn started(info: &RunInfo) -> Value {
 }
 
 /// `event.action: "monitor-stopped"`: the last line, with the run's counters.
-pub fn stopped(info: &RunInfo, stats: &KernelStats, printed: u64, partial: u64) -> Value {
+/// `printed` is the `imds-request` lines written or queued before this
+/// record: if this record is read, they were written too.
+pub fn stopped(
+    info: &RunInfo,
+    stats: &KernelStats,
+    printed: u64,
+    partial: u64,
+    output: &Totals,
+) -> Value {
     let mut doc = base(SystemTime::now(), "monitor-stopped", "event", info);
     let mut requests = Map::new();
     for class in RequestClass::ALL {
@@ -193,13 +202,18 @@ pub fn stopped(info: &RunInfo, stats: &KernelStats, printed: u64, partial: u64) 
             "counters": {
                 "requests": requests,
                 "events_written": printed,
-            "attribution_partial": partial,
+                "attribution_partial": partial,
+                "output_lost_events": output.lost,
+                "output_write_errors": output.write_errors,
+                "output_queue_peak_bytes": output.peak_bytes,
                 "lost_events": stats.lost_events,
                 "retransmitted_segments": stats.retransmits,
                 "sequence_gaps": stats.sequence_gaps,
                 "truncated_packets": stats.truncated_packets,
                 "responses": stats.responses,
                 "responses_not_followed": stats.responses_lost,
+                "untracked_segments": stats.untracked_segments,
+                "unreadable_packets": stats.unreadable_packets,
             },
         }),
     );
@@ -210,14 +224,72 @@ pub fn stopped(info: &RunInfo, stats: &KernelStats, printed: u64, partial: u64) 
     doc.into()
 }
 
-/// `event.action: "events-lost"`: the ring buffer overflowed; never silent.
+/// `event.action: "events-lost"`, `event.reason: "ring_buffer_full"`: the
+/// ring buffer overflowed; never silent.
 pub fn lost(info: &RunInfo, lost_since_last: u64, lost_total: u64) -> Value {
     let mut doc = base(SystemTime::now(), "events-lost", "alert", info);
+    doc["event"]["reason"] = "ring_buffer_full".into();
+    doc.insert(
+        "message".into(),
+        format!(
+            "{} lost: the kernel's ring buffer was full \
+             (the daemon did not read it fast enough)",
+            events(lost_since_last)
+        )
+        .into(),
+    );
     doc.insert(
         "imds".into(),
         json!({ "lost_events": lost_since_last, "lost_events_total": lost_total }),
     );
     doc.into()
+}
+
+/// `event.action: "events-lost"`, `event.reason: "output_error"` or
+/// `"output_blocked"`: lines the output could not take (a failing write, or
+/// a reader that did not read) while the queue in front of it was full.
+/// Written first when writing works again; `event.start` and `event.end` are
+/// when the first and the last of them were produced.
+pub fn output_lost(info: &RunInfo, output: &str, loss: &Loss, lost_total: u64) -> Value {
+    let mut doc = base(SystemTime::now(), "events-lost", "alert", info);
+    doc["event"]["reason"] = loss.reason().into();
+    doc["event"]["start"] = timestamp(loss.first).into();
+    doc["event"]["end"] = timestamp(loss.last).into();
+    let why = match &loss.error {
+        Some(error) => {
+            doc.insert("error".into(), json!({ "message": error }));
+            format!("writing failed: {error}")
+        }
+        None => "it was not read fast enough".into(),
+    };
+    doc.insert(
+        "message".into(),
+        format!(
+            "{} could not be written to {output} between {} and {}: {why}",
+            events(loss.count),
+            timestamp(loss.first),
+            timestamp(loss.last)
+        )
+        .into(),
+    );
+    doc.insert(
+        "imds".into(),
+        json!({
+            "lost_events": loss.count,
+            "lost_events_total": lost_total,
+            "output": output,
+        }),
+    );
+    doc.into()
+}
+
+/// `1 event`, `2 events`.
+pub fn events(n: u64) -> String {
+    if n == 1 {
+        "1 event".into()
+    } else {
+        format!("{n} events")
+    }
 }
 
 #[cfg(test)]
@@ -229,12 +301,67 @@ mod tests {
         let mut stats = KernelStats::default();
         stats.requests[RequestClass::V1Get as usize] = 3;
         stats.lost_events = 1;
-        let doc = stopped(&RunInfo::for_tests(Mode::Monitor), &stats, 2, 1);
+        let output = Totals {
+            lost: 4,
+            write_errors: 2,
+            peak_bytes: 1000,
+            ..Totals::default()
+        };
+        let doc = stopped(&RunInfo::for_tests(Mode::Monitor), &stats, 2, 1, &output);
         assert_eq!(doc["event"]["action"], "monitor-stopped");
         assert_eq!(doc["imds"]["counters"]["requests"]["v1_get"], 3);
         assert_eq!(doc["imds"]["counters"]["requests"]["incomplete"], 0);
         assert_eq!(doc["imds"]["counters"]["lost_events"], 1);
         assert_eq!(doc["imds"]["counters"]["attribution_partial"], 1);
+        assert_eq!(doc["imds"]["counters"]["output_lost_events"], 4);
+        assert_eq!(doc["imds"]["counters"]["output_write_errors"], 2);
+        assert_eq!(doc["imds"]["counters"]["output_queue_peak_bytes"], 1000);
+    }
+
+    fn at(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn output_loss_has_the_count_the_span_and_the_reason() {
+        let info = RunInfo::for_tests(Mode::Enforce);
+        let loss = Loss {
+            count: 7,
+            first: at(1_800_000_000),
+            last: at(1_800_000_060),
+            error: Some("no space left on device".into()),
+        };
+        let doc = output_lost(&info, "/var/log/imds-monitor/events.json", &loss, 9);
+        assert_eq!(doc["event"]["action"], "events-lost");
+        assert_eq!(doc["event"]["kind"], "alert");
+        assert_eq!(doc["event"]["reason"], "output_error");
+        assert_eq!(doc["event"]["start"], "2027-01-15T08:00:00.000000Z");
+        assert_eq!(doc["event"]["end"], "2027-01-15T08:01:00.000000Z");
+        assert_eq!(doc["error"]["message"], "no space left on device");
+        assert_eq!(doc["imds"]["lost_events"], 7);
+        assert_eq!(doc["imds"]["lost_events_total"], 9);
+        assert_eq!(doc["imds"]["output"], "/var/log/imds-monitor/events.json");
+        let message = doc["message"].as_str().unwrap();
+        assert!(
+            message.starts_with("7 events could not be written to /var/log/"),
+            "{message}"
+        );
+
+        let blocked = Loss {
+            error: None,
+            ..loss
+        };
+        let doc = output_lost(&info, "stdout", &blocked, 7);
+        assert_eq!(doc["event"]["reason"], "output_blocked");
+        assert!(doc.get("error").is_none(), "left out, never null");
+    }
+
+    #[test]
+    fn ring_buffer_loss_says_so() {
+        let doc = lost(&RunInfo::for_tests(Mode::Monitor), 3, 5);
+        assert_eq!(doc["event"]["reason"], "ring_buffer_full");
+        assert_eq!(doc["imds"]["lost_events"], 3);
+        assert_eq!(doc["imds"]["lost_events_total"], 5);
     }
 
     #[test]
