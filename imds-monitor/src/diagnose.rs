@@ -2,11 +2,21 @@
 //! migration to IMDSv2 meets, per workload:
 //! - `imds-v1-rejected`: an IMDSv1 request answered 401 (v2 is required; broken now);
 //! - `imds-hop-limit`: a token response whose TTL cannot survive the hop to a container;
-//! - `imds-v1-fallback`: a token PUT left unanswered, then IMDSv1 from the same process;
+//! - `imds-v1-fallback`: one client's token PUT got no usable answer, then the
+//!   same client used IMDSv1 (decided once the PUT's fate is known);
 //! - `imds-token-proxy`: a token PUT with X-Forwarded-For (a proxy or SSRF path);
 //! - `imds-credentials-v1`: the role's credentials fetched over IMDSv1.
 //!
 //! It also keeps the per-workload counts of `imds-summary`.
+//!
+//! A fallback is one client's story, never a workload's: a pod may run a
+//! current SDK beside a legacy script, and the script's IMDSv1 requests are
+//! no fallback of the SDK. The client is the process (its thread group), or,
+//! for one-shot tools such as curl, the script that ran them (see
+//! [`client_pid`]). A candidate (an IMDSv1 request after the client's token
+//! PUT that is not answered yet) is held until the PUT's fate is known: an
+//! answer that reaches the client clears it; an answer whose TTL cannot
+//! reach the client, or none within [`FATE_WAIT`], makes it a fallback.
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
@@ -26,12 +36,36 @@ use crate::{
 const RESPONSE_WAIT: Duration = Duration::from_secs(30);
 /// Requests kept waiting at most (a bound on memory under load).
 const MAX_PENDING: usize = 65_536;
-/// A v1 request this soon after an unanswered token PUT is a fallback.
-/// SDKs wait 250 ms (Go v2) to 5 s (Go v1) before falling back.
+/// A v1 request this soon after the client's last unanswered token PUT is
+/// a fallback. SDKs wait 250 ms (Go v2) to 5 s (Go v1) before falling back.
 const FALLBACK_WINDOW: Duration = Duration::from_secs(6);
+/// How long a fallback candidate waits for its PUT's fate (an answer, which
+/// clears it) after the IMDSv1 request; then the PUT counts as unanswered.
+/// IMDS answers in milliseconds: an answer this late never reached an SDK.
+pub const FATE_WAIT: Duration = Duration::from_secs(2);
+/// Fallback candidates held at most; the oldest is dropped (and counted).
+const MAX_HELD: usize = 4096;
+/// Clients whose recent token PUTs are remembered at most.
+const MAX_ATTEMPTS: usize = 65_536;
+/// Token PUTs remembered per client attempt (SDKs retry up to 3 times).
+const MAX_PUTS_PER_ATTEMPT: usize = 8;
 /// The TTL a token response needs on arrival at the host to reach a
 /// container one forwarding hop further.
 const TTL_NEEDED_FORWARDED: u8 = 2;
+/// Programs that make one request per run: a script runs them once for the
+/// token and again for each read, so the script (their parent) is the client.
+const ONE_SHOT_TOOLS: [&str; 2] = ["curl", "wget"];
+/// Parents that start programs for many unrelated owners: never a client.
+const NOT_A_SCRIPT: [&str; 8] = [
+    "systemd",
+    "init",
+    "tini",
+    "dumb-init",
+    "containerd-shim",
+    "containerd-shim-runc-v2",
+    "conmon",
+    "runc",
+];
 
 const HOP_LIMIT_FIX: &str = "aws ec2 modify-instance-metadata-options --instance-id <instance-id> --http-put-response-hop-limit 2 (or HttpPutResponseHopLimit=2 in the launch template or AMI)";
 
@@ -48,7 +82,8 @@ pub struct Finding {
     pub status: Option<u16>,
     /// `imds-hop-limit`: (observed TTL, needed).
     pub hop_limit: Option<(u8, u8)>,
-    /// `imds-v1-fallback`: ms from the unanswered PUT to the v1 request.
+    /// `imds-v1-fallback`: ms from the client's (first) unanswered token PUT
+    /// to its IMDSv1 request.
     pub fallback_delay_ms: Option<u64>,
 }
 
@@ -60,13 +95,75 @@ struct Pending {
     since: Instant,
 }
 
-/// A token PUT the client has not seen answered yet.
+/// A request's place: its connection and its position on it.
+type ConnKey = (SocketAddr, SocketAddr, u16);
+
+/// What became of one token PUT, as far as the client is concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PutFate {
+    /// No answer seen yet.
+    Waiting,
+    /// Answered (any status) with a TTL that reaches the client.
+    Delivered,
+    /// Answered, but with a TTL below the hops to the client.
+    HopLimited { ttl: u8, needed: u8 },
+}
+
+/// A client's token PUTs since its last token or IMDSv1 request (an SDK
+/// may try several times before it falls back).
+#[derive(Clone, Debug)]
+struct Attempt {
+    first: SystemTime,
+    last: SystemTime,
+    puts: Vec<(ConnKey, PutFate)>,
+}
+
+/// What an attempt amounts to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outcome {
+    /// A token reached the client: whatever it does next is no fallback.
+    Delivered,
+    /// Some PUT is still unanswered.
+    Waiting,
+    /// Every PUT was answered, none reached the client.
+    HopLimited { ttl: u8, needed: u8 },
+}
+
+impl Attempt {
+    fn outcome(&self) -> Outcome {
+        let mut outcome = None;
+        for (_, fate) in &self.puts {
+            match *fate {
+                PutFate::Delivered => return Outcome::Delivered,
+                PutFate::Waiting => outcome = Some(Outcome::Waiting),
+                PutFate::HopLimited { ttl, needed } => {
+                    outcome.get_or_insert(Outcome::HopLimited { ttl, needed });
+                }
+            }
+        }
+        outcome.unwrap_or(Outcome::Waiting)
+    }
+
+    /// Records a PUT's answer; whether the PUT was one of this attempt's.
+    fn answer(&mut self, key: ConnKey, fate: PutFate) -> bool {
+        match self.puts.iter_mut().find(|(k, _)| *k == key) {
+            Some(put) => {
+                put.1 = fate;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// An IMDSv1 request waiting for the fate of its client's token PUTs.
 #[derive(Debug)]
-struct OpenPut {
-    time: SystemTime,
-    key: (SocketAddr, SocketAddr, u16),
-    /// Its answer arrived with a TTL too low to reach the client.
-    hop_limited: bool,
+struct Held {
+    attempt: Attempt,
+    request: Request,
+    sender: Rc<Sender>,
+    /// Tells this hold from a later one of the same client in `held_order`.
+    seq: u64,
 }
 
 /// Per-workload counts for `imds-summary`.
@@ -86,31 +183,54 @@ pub type WorkloadKey = (String, String);
 
 #[derive(Debug, Default)]
 pub struct Diagnoser {
-    pending: HashMap<(SocketAddr, SocketAddr, u16), Pending>,
-    order: VecDeque<((SocketAddr, SocketAddr, u16), Instant)>,
-    /// Open token PUTs by actor (workload, else process, else source address).
-    open_puts: HashMap<String, OpenPut>,
+    pending: HashMap<ConnKey, Pending>,
+    order: VecDeque<(ConnKey, Instant)>,
+    /// Recent token PUTs per client ([`client_pid`]).
+    attempts: HashMap<u32, Attempt>,
+    /// The client of each token PUT still waiting for its answer.
+    put_client: HashMap<ConnKey, u32>,
+    /// Fallback candidates per client, and their deadlines in order.
+    held: HashMap<u32, Held>,
+    held_order: VecDeque<(SystemTime, u32, u64)>,
+    next_seq: u64,
+    /// The newest event time seen: the clock of the fallback decisions.
+    clock: Option<SystemTime>,
+    /// Candidates (held IMDSv1 requests or remembered PUT attempts) the caps
+    /// dropped before their fate was known.
+    dropped: u64,
     summary: BTreeMap<WorkloadKey, WorkloadCounts>,
 }
 
-fn key_of(
-    source: SocketAddr,
-    destination: SocketAddr,
-    index: u16,
-) -> (SocketAddr, SocketAddr, u16) {
+fn key_of(source: SocketAddr, destination: SocketAddr, index: u16) -> ConnKey {
     (source, destination, index)
 }
 
-/// Who is falling back: the same workload (a pod, container or unit: an
-/// SDK may retry from another process of it), else the same process.
-fn actor(request: &Request, sender: &Sender) -> String {
-    if let Some((kind, id)) = sender.workload.key() {
-        return format!("{}:{id}", kind.as_str());
+/// The client a fallback belongs to, by process id: the process's own
+/// (thread group) id, or, when the process is a one-shot tool (curl, wget)
+/// started by a script, the script's. `None` when the process is unknown.
+///
+/// Shared with `report`, which counts the IMDSv1 requests after a fallback
+/// per client the same way.
+pub fn client_pid(name: &str, pid: u32, parent: Option<(u32, &str)>) -> u32 {
+    let tool = ONE_SHOT_TOOLS
+        .iter()
+        .any(|t| name == *t || name.rsplit('/').next() == Some(t));
+    match parent {
+        Some((ppid, parent_name)) if tool && ppid > 1 && !NOT_A_SCRIPT.contains(&parent_name) => {
+            ppid
+        }
+        _ => pid,
     }
-    match &sender.owner {
-        Some(owner) => format!("pid:{}", owner.tgid),
-        None => format!("ip:{}", request.source.ip()),
-    }
+}
+
+fn client_of(sender: &Sender) -> Option<u32> {
+    let owner = sender.owner.as_ref()?;
+    let name = sender
+        .process
+        .as_ref()
+        .map_or(owner.comm.as_str(), |p| p.name.as_str());
+    let parent = sender.ancestry.first().map(|p| (p.pid, p.name.as_str()));
+    Some(client_pid(name, owner.tgid, parent))
 }
 
 pub fn workload_key(request: &Request, sender: &Sender) -> WorkloadKey {
@@ -138,8 +258,29 @@ pub fn describe(sender: &Sender, request: &Request) -> String {
     }
 }
 
+/// [`describe`], naming the script when the client is one.
+fn describe_client(sender: &Sender, request: &Request, client: u32) -> String {
+    let who = describe(sender, request);
+    match sender.ancestry.first() {
+        Some(parent)
+            if parent.pid == client && sender.owner.as_ref().map(|o| o.tgid) != Some(client) =>
+        {
+            format!(
+                "the script {} (pid {}), through {who},",
+                parent.name, parent.pid
+            )
+        }
+        _ => who,
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 impl Diagnoser {
-    /// Findings a request raises by itself; remembers it for its response.
+    /// Findings a request raises (and fallbacks whose time has come);
+    /// remembers it for its response.
     pub fn on_request(
         &mut self,
         request: &Request,
@@ -147,6 +288,7 @@ impl Diagnoser {
         now: Instant,
     ) -> Vec<Finding> {
         let mut findings = Vec::new();
+        self.tick(request.time, &mut findings);
         self.count(request, sender);
         // Only for messages: most requests raise none.
         let who = std::cell::LazyCell::new(|| describe(sender, request));
@@ -161,17 +303,12 @@ impl Diagnoser {
             hop_limit: None,
             fallback_delay_ms: None,
         };
-        let actor = actor(request, sender);
+        let key = key_of(request.source, request.destination, request.request_index);
         match request.class {
             RequestClass::V2TokenPut => {
-                self.open_puts.insert(
-                    actor,
-                    OpenPut {
-                        time: request.time,
-                        key: key_of(request.source, request.destination, request.request_index),
-                        hop_limited: false,
-                    },
-                );
+                if let Some(client) = client_of(sender) {
+                    self.on_put(client, key, request.time);
+                }
             }
             RequestClass::Invalid if request.reason == InvalidReason::ForwardedFor => {
                 findings.push(finding(
@@ -195,36 +332,14 @@ impl Diagnoser {
                         "Move it to IMDSv2 (a current AWS SDK or CLI, or a token from PUT /latest/api/token first), then set HttpTokens=required.",
                     ));
                 }
-                if let Some(put) = self.open_puts.remove(&actor)
-                    && let Ok(delay) = request.time.duration_since(put.time)
-                    && delay <= FALLBACK_WINDOW
-                {
-                    let fix = if put.hop_limited {
-                        HOP_LIMIT_FIX.to_owned()
-                    } else {
-                        format!(
-                            "If it runs in a container, raise the hop limit: {HOP_LIMIT_FIX}; otherwise find what drops the token PUT or its answer (a proxy, a firewall rule)."
-                        )
-                    };
-                    let mut f = finding(
-                        "imds-v1-fallback",
-                        format!(
-                            "{} asked for an IMDSv2 token, got no answer, and {} ms later used IMDSv1 ({}): an SDK falling back.",
-                            *who,
-                            delay.as_millis(),
-                            request.path
-                        ),
-                        &fix,
-                    );
-                    f.fallback_delay_ms = Some(delay.as_millis() as u64);
-                    findings.push(f);
+                if let Some(client) = client_of(sender) {
+                    self.on_v1(client, request, sender, &mut findings);
                 }
             }
             _ => {}
         }
         // Wait for the response: incomplete heads get none.
         if request.class != RequestClass::Incomplete {
-            let key = key_of(request.source, request.destination, request.request_index);
             self.pending.insert(
                 key,
                 Pending {
@@ -256,6 +371,8 @@ impl Diagnoser {
             request, sender, ..
         } = pending;
         let mut findings = Vec::new();
+        // Findings are written only for a joined response: decide here.
+        self.tick(response.time, &mut findings);
         let who = describe(&sender, &request);
         let mut finding = |action, message: String, fix: &str| {
             findings.push(Finding {
@@ -283,9 +400,13 @@ impl Diagnoser {
                 );
             }
             RequestClass::V2TokenPut => {
-                let actor = actor(&request, &sender);
-                let hop_limited = response.forwarded && response.ttl < TTL_NEEDED_FORWARDED;
-                if hop_limited {
+                // Only a forwarded PUT has a hop beyond the host: a TTL that
+                // arrived here reaches a local client. 0 means not read.
+                let hop_limited = request.forwarded
+                    && response.forwarded
+                    && response.ttl != 0
+                    && response.ttl < TTL_NEEDED_FORWARDED;
+                let fate = if hop_limited {
                     finding(
                         "imds-hop-limit",
                         format!(
@@ -297,17 +418,180 @@ impl Diagnoser {
                     if let Some(last) = findings.last_mut() {
                         last.hop_limit = Some((response.ttl, TTL_NEEDED_FORWARDED));
                     }
-                    if let Some(put) = self.open_puts.get_mut(&actor) {
-                        put.hop_limited = true;
+                    PutFate::HopLimited {
+                        ttl: response.ttl,
+                        needed: TTL_NEEDED_FORWARDED,
                     }
-                } else if self.open_puts.get(&actor).is_some_and(|p| p.key == key) {
-                    // Answered and deliverable: no fallback will follow.
-                    self.open_puts.remove(&actor);
-                }
+                } else {
+                    PutFate::Delivered
+                };
+                self.on_put_answer(key, fate, &mut findings);
             }
             _ => {}
         }
         (Some((request, sender)), findings)
+    }
+
+    /// Decides the fallback candidates whose wait ended by `now` (wall
+    /// time, as in the events). `on_request` and `on_response` call it with
+    /// their event's time; a periodic caller makes the decision timely when
+    /// no other event comes.
+    // The daemon's event loop (run.rs) is to call it every second.
+    pub fn decide_due(&mut self, now: SystemTime) -> Vec<Finding> {
+        let mut findings = Vec::new();
+        self.tick(now, &mut findings);
+        findings
+    }
+
+    /// Fallback candidates and remembered PUT attempts dropped by the caps
+    /// before their fate was known, since the start.
+    // For `monitor-stopped`'s counters, once ecs.rs writes it.
+    pub fn dropped_candidates(&self) -> u64 {
+        self.dropped
+    }
+
+    fn tick(&mut self, now: SystemTime, findings: &mut Vec<Finding>) {
+        let now = self.clock.map_or(now, |c| c.max(now));
+        self.clock = Some(now);
+        while let Some(&(deadline, client, seq)) = self.held_order.front() {
+            if deadline > now && self.held.len() <= MAX_HELD {
+                break;
+            }
+            self.held_order.pop_front();
+            if self.held.get(&client).is_none_or(|h| h.seq != seq) {
+                continue;
+            }
+            let held = self.held.remove(&client).expect("just looked up");
+            if deadline > now {
+                // Over the cap, before its time.
+                self.dropped += 1;
+                log::warn!(
+                    "a fallback candidate of pid {client} was dropped undecided ({MAX_HELD} held)"
+                );
+                continue;
+            }
+            for (key, _) in &held.attempt.puts {
+                self.put_client.remove(key);
+            }
+            match held.attempt.outcome() {
+                Outcome::Delivered => {}
+                outcome => findings.push(fallback(client, &held, outcome)),
+            }
+        }
+    }
+
+    fn on_put(&mut self, client: u32, key: ConnKey, time: SystemTime) {
+        let fresh = Attempt {
+            first: time,
+            last: time,
+            puts: Vec::new(),
+        };
+        let attempt = self.attempts.entry(client).or_insert_with(|| fresh.clone());
+        let stale = time.duration_since(attempt.last).unwrap_or_default() > FALLBACK_WINDOW;
+        if stale || attempt.outcome() == Outcome::Delivered {
+            for (old, _) in &attempt.puts {
+                self.put_client.remove(old);
+            }
+            *attempt = fresh;
+        }
+        attempt.last = attempt.last.max(time);
+        if attempt.puts.len() == MAX_PUTS_PER_ATTEMPT {
+            let (old, _) = attempt.puts.remove(0);
+            self.put_client.remove(&old);
+        }
+        attempt.puts.push((key, PutFate::Waiting));
+        self.put_client.insert(key, client);
+        if self.attempts.len() > MAX_ATTEMPTS {
+            let before = self.attempts.len();
+            self.attempts
+                .retain(|_, a| time.duration_since(a.last).unwrap_or_default() <= FALLBACK_WINDOW);
+            if self.attempts.len() > MAX_ATTEMPTS {
+                self.attempts.clear();
+            }
+            self.dropped += (before - self.attempts.len()) as u64;
+            let (attempts, held) = (&self.attempts, &self.held);
+            self.put_client
+                .retain(|_, c| attempts.contains_key(c) || held.contains_key(c));
+        }
+    }
+
+    fn on_put_answer(&mut self, key: ConnKey, fate: PutFate, findings: &mut Vec<Finding>) {
+        let Some(client) = self.put_client.remove(&key) else {
+            return;
+        };
+        if let Some(attempt) = self.attempts.get_mut(&client) {
+            attempt.answer(key, fate);
+        }
+        let Some(held) = self.held.get_mut(&client) else {
+            return;
+        };
+        if !held.attempt.answer(key, fate) {
+            return;
+        }
+        match held.attempt.outcome() {
+            Outcome::Waiting => {}
+            Outcome::Delivered => {
+                // The token came: the IMDSv1 request was the client's choice.
+                self.held.remove(&client);
+            }
+            outcome => {
+                let held = self.held.remove(&client).expect("just looked up");
+                findings.push(fallback(client, &held, outcome));
+            }
+        }
+    }
+
+    fn on_v1(
+        &mut self,
+        client: u32,
+        request: &Request,
+        sender: &Rc<Sender>,
+        findings: &mut Vec<Finding>,
+    ) {
+        if self.held.contains_key(&client) {
+            // A later read of a client already being decided: one fallback.
+            return;
+        }
+        let Some(attempt) = self.attempts.remove(&client) else {
+            return;
+        };
+        let recent = request
+            .time
+            .duration_since(attempt.last)
+            .is_ok_and(|d| d <= FALLBACK_WINDOW);
+        if !recent {
+            for (key, _) in &attempt.puts {
+                self.put_client.remove(key);
+            }
+            return;
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let held = Held {
+            attempt,
+            request: request.clone(),
+            sender: Rc::clone(sender),
+            seq,
+        };
+        match held.attempt.outcome() {
+            Outcome::Waiting => {
+                self.held_order
+                    .push_back((request.time + FATE_WAIT, client, seq));
+                self.held.insert(client, held);
+                if self.held.len() > MAX_HELD {
+                    // Over the cap: `tick` drops the oldest undecided.
+                    self.tick(request.time, findings);
+                }
+            }
+            outcome => {
+                for (key, _) in &held.attempt.puts {
+                    self.put_client.remove(key);
+                }
+                if outcome != Outcome::Delivered {
+                    findings.push(fallback(client, &held, outcome));
+                }
+            }
+        }
     }
 
     fn count(&mut self, request: &Request, sender: &Sender) {
@@ -339,7 +623,7 @@ impl Diagnoser {
         std::mem::take(&mut self.summary)
     }
 
-    /// Forgets requests whose response never came, and stale open PUTs.
+    /// Forgets requests whose response never came.
     fn expire(&mut self, now: Instant) {
         while let Some((key, since)) = self.order.front().copied() {
             let too_old = now.duration_since(since) > RESPONSE_WAIT;
@@ -351,9 +635,54 @@ impl Diagnoser {
                 self.pending.remove(&key);
             }
         }
-        if self.open_puts.len() > MAX_PENDING {
-            self.open_puts.clear();
+        if self.put_client.len() > MAX_PENDING {
+            let (attempts, held) = (&self.attempts, &self.held);
+            self.put_client
+                .retain(|_, c| attempts.contains_key(c) || held.contains_key(c));
         }
+    }
+}
+
+/// The `imds-v1-fallback` finding of a decided candidate.
+fn fallback(client: u32, held: &Held, outcome: Outcome) -> Finding {
+    let request = &held.request;
+    let who = describe_client(&held.sender, request, client);
+    let delay = millis(
+        request
+            .time
+            .duration_since(held.attempt.first)
+            .unwrap_or_default(),
+    );
+    let puts = match held.attempt.puts.len() {
+        1 => "an IMDSv2 token".to_owned(),
+        n => format!("an IMDSv2 token {n} times"),
+    };
+    let (message, fix) = match outcome {
+        Outcome::HopLimited { ttl, .. } => (
+            format!(
+                "{who} asked for {puts}; IMDS answered with IP TTL {ttl}, which dies before the answer reaches it, and {delay} ms after the first PUT it used IMDSv1 ({}): an SDK falling back.",
+                request.path
+            ),
+            HOP_LIMIT_FIX.to_owned(),
+        ),
+        _ => (
+            format!(
+                "{who} asked for {puts}, got no answer, and {delay} ms after the first PUT used IMDSv1 ({}): an SDK falling back.",
+                request.path
+            ),
+            "Find what keeps IMDS's answer to the token PUT from this client: a proxy (set NO_PROXY=169.254.169.254,fd00:ec2::254), a firewall or NAT rule, or IMDS's endpoint options (HttpEndpoint, HttpProtocolIpv6); with a token it stays on IMDSv2.".to_owned(),
+        ),
+    };
+    Finding {
+        action: "imds-v1-fallback",
+        time: request.time,
+        message,
+        fix,
+        request: request.clone(),
+        sender: Rc::clone(&held.sender),
+        status: None,
+        hop_limit: None,
+        fallback_delay_ms: Some(delay),
     }
 }
 

@@ -228,6 +228,11 @@ async fn run_until_signal(args: RunArgs) -> Result<()> {
                 out.send();
             }
             _ = lost_check.tick() => {
+                // Fallback candidates whose token PUT got no answer in time.
+                for finding in writer.diagnoser.decide_due(SystemTime::now()) {
+                    let interface = writer.names.name(finding.request.ifindex);
+                    out.push(&traffic::finding(&finding, interface, &info), false)?;
+                }
                 let lost = stats::read(&stats_map)?.lost_events;
                 if lost > lost_reported {
                     out.push(&ecs::lost(&info, lost - lost_reported, lost), false)?;
@@ -242,8 +247,13 @@ async fn run_until_signal(args: RunArgs) -> Result<()> {
         return Err(stdout_closed_error(&mut kernel, &info, &queue));
     }
     kernel.detach_all();
-    // Detached: nothing new arrives; what is queued still gets written.
+    // Detached: nothing new arrives; what is queued still gets written,
+    // and the fallback candidates whose wait is over are decided.
     writer.drain_all(events.get_mut(), &info, &mut out)?;
+    for finding in writer.diagnoser.decide_due(SystemTime::now()) {
+        let interface = writer.names.name(finding.request.ifindex);
+        out.push(&traffic::finding(&finding, interface, &info), false)?;
+    }
     let totals = stats::read(&stats_map)?;
     let output = queue.totals();
     // Every request line queued before monitor-stopped is written before it.
@@ -254,6 +264,7 @@ async fn run_until_signal(args: RunArgs) -> Result<()> {
             &totals,
             printed,
             writer.enricher.partial_count,
+            writer.diagnoser.dropped_candidates(),
             &output,
         ),
         false,

@@ -161,10 +161,12 @@ fn unsafe_window_lists_broken_workloads_first_and_exits_1() {
         "{verdict}"
     );
     assert!(
-        verdict.contains(
-            "token response hop limit 1 < 2 needed: aws ec2 modify-instance-metadata-options"
-        ),
+        verdict.contains("token response hop limit 1 < 2 needed"),
         "{verdict}"
+    );
+    assert!(
+        verdict.contains("      fix: aws ec2 modify-instance-metadata-options"),
+        "the hop limit's fix under the pod: {verdict}"
     );
     assert!(text.contains("[token hop limit]"), "{text}");
 }
@@ -256,12 +258,30 @@ fn unsafe_window_as_json() {
     );
     assert_eq!(
         blocking[1]["reason"],
-        "4 IMDSv1 requests (last 2026-11-23T09:30:00Z, /latest/meta-data/iam/security-credentials/web-role)"
+        "4 IMDSv1 requests (last 2026-11-23T09:30:00Z, /latest/meta-data/iam/security-credentials/web-role): \
+         4 from clients that never tried IMDSv2"
     );
     assert!(
-        blocking[2]["reason"].as_str().unwrap().contains(
-            "token response hop limit 1 < 2 needed: aws ec2 modify-instance-metadata-options"
-        ),
+        blocking[1]["fixes"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("Update these clients to IMDSv2"),
+        "{}",
+        blocking[1]
+    );
+    assert!(
+        blocking[2]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("token response hop limit 1 < 2 needed"),
+        "{}",
+        blocking[2]
+    );
+    assert!(
+        blocking[2]["fixes"].as_array().unwrap().iter().any(|f| f
+            .as_str()
+            .unwrap()
+            .contains("--http-put-response-hop-limit 2")),
         "{}",
         blocking[2]
     );

@@ -126,6 +126,12 @@ pub struct ClientOptions {
     pub timeout: Duration,
     /// Send header names in lower case, as botocore and the Go and JS SDKs do.
     pub lowercase_headers: bool,
+    /// Like an AWS SDK: when the token PUT times out or is refused with
+    /// 403, 404 or 405, read without a token instead of failing (botocore).
+    pub fallback_v1: bool,
+    /// Like an SDK fetching the role's credentials: after each read of
+    /// `path` (the role list), read `path` + the first role named in it.
+    pub role_credentials: bool,
 }
 
 impl Default for ClientOptions {
@@ -145,6 +151,8 @@ impl Default for ClientOptions {
             duration: None,
             timeout: Duration::from_secs(5),
             lowercase_headers: false,
+            fallback_v1: false,
+            role_credentials: false,
         }
     }
 }
@@ -364,6 +372,8 @@ pub fn run(
     on_response: &mut dyn FnMut(&Response),
 ) -> Result<(), ClientError> {
     let mut token: Option<String> = None;
+    // Set once the token PUT failed and the run went on without a token.
+    let mut fell_back = false;
     let start = Instant::now();
     for i in 0..opts.count {
         if let Some(due) = connection_due(opts, i) {
@@ -384,22 +394,21 @@ pub fn run(
                 raw_expectations(raw).repeat(opts.pipeline),
             ),
             Mode::V1 | Mode::V2 => {
-                if opts.mode == Mode::V2 && token.is_none() {
-                    let ttl = [(TOKEN_TTL_HEADER.to_owned(), opts.ttl.to_string())];
-                    let put = build_request(opts, "PUT", "/latest/api/token", &ttl);
-                    conn.send(&put, opts.segments, opts.segment_delay)?;
-                    let response = conn.read_response(false)?;
-                    on_response(&response);
-                    if response.status != 200 {
-                        return Err(ClientError::TokenRefused(response.status));
+                if opts.mode == Mode::V2 && token.is_none() && !fell_back {
+                    match fetch_token(opts, &mut conn, on_response) {
+                        Ok(t) => token = Some(t),
+                        Err(e) if opts.fallback_v1 && falls_back_on(&e) => {
+                            eprintln!(
+                                "imds-client: token PUT failed ({e}); falling back to IMDSv1"
+                            );
+                            fell_back = true;
+                            // The PUT's connection is spent: a new one, as SDKs do.
+                            conn = Connection::open(opts.addr, opts.timeout)?;
+                        }
+                        Err(e) => return Err(e),
                     }
-                    token = Some(response.body_text());
                 }
-                let extra: Vec<(String, String)> = token
-                    .iter()
-                    .map(|t| (TOKEN_HEADER.to_owned(), t.clone()))
-                    .collect();
-                let request = build_request(opts, &opts.method, &opts.path, &extra);
+                let request = read_request(opts, &opts.path, token.as_deref());
                 (
                     request.repeat(opts.pipeline),
                     vec![opts.method == "HEAD"; opts.pipeline],
@@ -407,11 +416,60 @@ pub fn run(
             }
         };
         conn.send(&bytes, opts.segments, opts.segment_delay)?;
+        let mut last = None;
         for head in heads {
-            on_response(&conn.read_response(head)?);
+            let response = conn.read_response(head)?;
+            on_response(&response);
+            last = Some(response);
+        }
+        if opts.role_credentials
+            && let Some(role) = last
+                .filter(|r| r.status == 200)
+                .and_then(|r| r.body_text().lines().next().map(str::to_owned))
+                .filter(|role| !role.trim().is_empty())
+        {
+            let path = format!("{}{}", opts.path, role.trim());
+            let mut conn = Connection::open(opts.addr, opts.timeout)?;
+            let request = read_request(opts, &path, token.as_deref());
+            conn.send(&request, opts.segments, opts.segment_delay)?;
+            on_response(&conn.read_response(opts.method == "HEAD")?);
         }
     }
     Ok(())
+}
+
+/// The token PUT on `conn`; its response goes to `on_response`.
+fn fetch_token(
+    opts: &ClientOptions,
+    conn: &mut Connection,
+    on_response: &mut dyn FnMut(&Response),
+) -> Result<String, ClientError> {
+    let ttl = [(TOKEN_TTL_HEADER.to_owned(), opts.ttl.to_string())];
+    let put = build_request(opts, "PUT", "/latest/api/token", &ttl);
+    conn.send(&put, opts.segments, opts.segment_delay)?;
+    let response = conn.read_response(false)?;
+    on_response(&response);
+    if response.status != 200 {
+        return Err(ClientError::TokenRefused(response.status));
+    }
+    Ok(response.body_text())
+}
+
+/// What botocore falls back to IMDSv1 on: a timeout, or 403/404/405.
+fn falls_back_on(e: &ClientError) -> bool {
+    matches!(
+        e,
+        ClientError::Timeout(_) | ClientError::TokenRefused(403..=405)
+    )
+}
+
+/// A read of `path`, with the token when there is one.
+fn read_request(opts: &ClientOptions, path: &str, token: Option<&str>) -> Vec<u8> {
+    let extra: Vec<(String, String)> = token
+        .iter()
+        .map(|t| (TOKEN_HEADER.to_owned(), (*t).to_owned()))
+        .collect();
+    build_request(opts, &opts.method, path, &extra)
 }
 
 #[cfg(test)]

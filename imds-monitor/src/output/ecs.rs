@@ -187,6 +187,7 @@ pub fn stopped(
     stats: &KernelStats,
     printed: u64,
     partial: u64,
+    fallback_candidates_dropped: u64,
     output: &Totals,
 ) -> Value {
     let mut doc = base(SystemTime::now(), "monitor-stopped", "event", info);
@@ -203,6 +204,7 @@ pub fn stopped(
                 "requests": requests,
                 "events_written": printed,
                 "attribution_partial": partial,
+                "fallback_candidates_dropped": fallback_candidates_dropped,
                 "output_lost_events": output.lost,
                 "output_write_errors": output.write_errors,
                 "output_queue_peak_bytes": output.peak_bytes,
@@ -301,13 +303,14 @@ mod tests {
         let mut stats = KernelStats::default();
         stats.requests[RequestClass::V1Get as usize] = 3;
         stats.lost_events = 1;
+        stats.untracked_segments = 5;
         let output = Totals {
             lost: 4,
             write_errors: 2,
             peak_bytes: 1000,
             ..Totals::default()
         };
-        let doc = stopped(&RunInfo::for_tests(Mode::Monitor), &stats, 2, 1, &output);
+        let doc = stopped(&RunInfo::for_tests(Mode::Monitor), &stats, 2, 1, 7, &output);
         assert_eq!(doc["event"]["action"], "monitor-stopped");
         assert_eq!(doc["imds"]["counters"]["requests"]["v1_get"], 3);
         assert_eq!(doc["imds"]["counters"]["requests"]["incomplete"], 0);
@@ -316,6 +319,9 @@ mod tests {
         assert_eq!(doc["imds"]["counters"]["output_lost_events"], 4);
         assert_eq!(doc["imds"]["counters"]["output_write_errors"], 2);
         assert_eq!(doc["imds"]["counters"]["output_queue_peak_bytes"], 1000);
+        assert_eq!(doc["imds"]["counters"]["fallback_candidates_dropped"], 7);
+        assert_eq!(doc["imds"]["counters"]["untracked_segments"], 5);
+        assert_eq!(doc["imds"]["counters"]["unreadable_packets"], 0);
     }
 
     fn at(secs: u64) -> SystemTime {

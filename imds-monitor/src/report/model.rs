@@ -52,6 +52,14 @@ pub struct Workload {
     pub incomplete: u64,
     pub first_v1: Option<SystemTime>,
     pub last_v1: Option<SystemTime>,
+    /// IMDSv1 requests of clients that had fallen back from IMDSv2: from an
+    /// `imds-v1-fallback` of the client (process, or script of a curl) to
+    /// its next token PUT.
+    pub v1_fallback: u64,
+    /// IMDSv1 requests of clients that never tried IMDSv2 in the window.
+    pub v1_never_v2: u64,
+    /// IMDSv1 requests of clients that also used IMDSv2 and did not fall back.
+    pub v1_also_v2: u64,
     /// Most requested first, then by path.
     pub top_v1_paths: Vec<(String, u64)>,
     pub responses_401: u64,
@@ -76,6 +84,8 @@ pub struct Blocker {
     pub kind: String,
     pub id: String,
     pub reason: String,
+    /// What to do, one line per cause found, in the order of the reason.
+    pub fixes: Vec<String>,
     /// IMDSv1 already answers this workload with 401.
     pub broken_now: bool,
 }
@@ -117,6 +127,9 @@ impl Report {
             t.incomplete += w.incomplete;
             t.responses_401 += w.responses_401;
             t.v1_rejected += w.v1_rejected;
+            t.v1_fallback += w.v1_fallback;
+            t.v1_never_v2 += w.v1_never_v2;
+            t.v1_also_v2 += w.v1_also_v2;
         }
         t
     }
@@ -167,6 +180,7 @@ pub fn build(log: &Log, options: &Options) -> Option<Report> {
         }
     }
 
+    counter.causes();
     let mut workloads: Vec<Workload> = counter
         .tallies
         .into_iter()
@@ -272,6 +286,28 @@ struct Counter<'a> {
     by_key: HashMap<(&'a str, &'a str), usize>,
     /// Tally of each sender, found once per sender rather than per event.
     by_sender: Vec<Option<usize>>,
+    /// Per client (host, client pid): its requests and fallbacks, to tell
+    /// why its IMDSv1 requests were made.
+    clients: HashMap<ClientKey, Vec<Step>>,
+}
+
+/// A client: host, workload, client pid (`diagnose::client_pid`).
+type ClientKey = (Option<Sym>, Option<(Sym, Sym)>, u32);
+
+/// One event in a client's story. The order breaks ties in time: a
+/// fallback finding carries the time of its IMDSv1 request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum StepKind {
+    Fallback,
+    TokenPut,
+    V2Get,
+    V1 { tally: usize },
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Step {
+    time: SystemTime,
+    kind: StepKind,
 }
 
 impl<'a> Counter<'a> {
@@ -281,6 +317,35 @@ impl<'a> Counter<'a> {
             tallies: Vec::new(),
             by_key: HashMap::new(),
             by_sender: vec![None; tables.senders().len()],
+            clients: HashMap::new(),
+        }
+    }
+
+    /// Splits each workload's IMDSv1 requests by why they were made.
+    fn causes(&mut self) {
+        for steps in self.clients.values_mut() {
+            steps.sort_by_key(|s| (s.time, s.kind));
+            let tried_v2 = steps
+                .iter()
+                .any(|s| matches!(s.kind, StepKind::TokenPut | StepKind::V2Get));
+            let mut fell_back = false;
+            for step in steps.iter() {
+                match step.kind {
+                    StepKind::Fallback => fell_back = true,
+                    StepKind::TokenPut => fell_back = false,
+                    StepKind::V2Get => {}
+                    StepKind::V1 { tally } => {
+                        let w = &mut self.tallies[tally].workload;
+                        if fell_back {
+                            w.v1_fallback += 1;
+                        } else if tried_v2 {
+                            w.v1_also_v2 += 1;
+                        } else {
+                            w.v1_never_v2 += 1;
+                        }
+                    }
+                }
+            }
         }
     }
 
@@ -304,8 +369,13 @@ impl<'a> Counter<'a> {
     }
 
     fn sender_tally(&mut self, sender_id: SenderId) -> &mut Tally {
+        let i = self.sender_tally_index(sender_id);
+        &mut self.tallies[i]
+    }
+
+    fn sender_tally_index(&mut self, sender_id: SenderId) -> usize {
         if let Some(i) = self.by_sender[sender_id.index()] {
-            return &mut self.tallies[i];
+            return i;
         }
         let t = self.tables;
         let sender = t.sender(sender_id);
@@ -325,11 +395,35 @@ impl<'a> Counter<'a> {
         w.systemd_unit = w.systemd_unit.take().or_else(|| text(sender.systemd_unit));
         w.hosts.extend(text(sender.host));
         w.executables.extend(text(sender.executable));
-        &mut self.tallies[i]
+        i
     }
 
     fn event(&mut self, event: &Event) {
         let tables = self.tables;
+        if let Some(client) = event.client {
+            let step = match &event.what {
+                What::Request { class, .. } => match class {
+                    Class::V1Get => Some(StepKind::V1 {
+                        tally: self.sender_tally_index(event.sender),
+                    }),
+                    Class::V2TokenPut => Some(StepKind::TokenPut),
+                    Class::V2Get => Some(StepKind::V2Get),
+                    _ => None,
+                },
+                What::Diagnostic(d) if d.kind == DiagnosticKind::V1Fallback => {
+                    Some(StepKind::Fallback)
+                }
+                _ => None,
+            };
+            if let Some(kind) = step {
+                let sender = tables.sender(event.sender);
+                let key = (sender.host, sender.workload, client);
+                self.clients.entry(key).or_default().push(Step {
+                    time: event.time,
+                    kind,
+                });
+            }
+        }
         let tally = self.sender_tally(event.sender);
         let w = &mut tally.workload;
         match &event.what {
@@ -442,14 +536,47 @@ pub fn hop_limit_fix(needed: u64) -> String {
     )
 }
 
+/// The fix for IMDSv1 requests a client makes by itself.
+pub const CLIENT_FIX: &str = "Update these clients to IMDSv2: a current AWS SDK or CLI, or a \
+     script that asks for a token first (PUT /latest/api/token)";
+
+/// "N IMDSv1 requests ...: F after falling back from IMDSv2, M from clients
+/// that never tried IMDSv2, ...": why the requests were made.
+fn causes(w: &Workload) -> String {
+    let known = w.v1_fallback + w.v1_never_v2 + w.v1_also_v2;
+    let parts: Vec<String> = [
+        (w.v1_fallback, "after falling back from IMDSv2"),
+        (w.v1_never_v2, "from clients that never tried IMDSv2"),
+        (w.v1_also_v2, "from clients that also use IMDSv2"),
+        (w.v1.saturating_sub(known), "whose client is not known"),
+    ]
+    .iter()
+    .filter(|(n, _)| *n > 0)
+    .map(|(n, what)| format!("{n} {what}"))
+    .collect();
+    if parts.is_empty() || known == 0 && w.from_summaries {
+        String::new()
+    } else {
+        format!(": {}", parts.join(", "))
+    }
+}
+
 /// `HttpTokens=required` is safe iff no workload used IMDSv1 and none has a
 /// hop-limit or fallback finding: a workload whose token PUT dies on the hop
 /// limit falls back to v1, and with v1 off it breaks. `invalid` and
 /// `other_cloud` requests do not block: IMDS rejects or ignores them anyway.
+/// The fixes follow the causes: the hop limit for fallbacks it caused, the
+/// client for IMDSv1 requests a client made by itself.
 pub fn verdict(workloads: &[Workload]) -> Verdict {
     let mut blocking = Vec::new();
     for w in workloads {
         let mut reasons = Vec::new();
+        let mut fixes: Vec<String> = Vec::new();
+        let mut fix = |f: String| {
+            if !fixes.contains(&f) {
+                fixes.push(f);
+            }
+        };
         let top_path = w.top_v1_paths.first().map(|(p, _)| p.as_str());
         if w.v1_rejected > 0 {
             let what = if w.v1 > w.v1_rejected {
@@ -459,14 +586,16 @@ pub fn verdict(workloads: &[Workload]) -> Verdict {
             };
             let path = w.last_v1_rejected_path.as_deref().or(top_path);
             reasons.push(format!(
-                "broken now: {what} answered 401{}",
-                last_and_path(w.last_v1_rejected.or(w.last_v1), path)
+                "broken now: {what} answered 401{}{}",
+                last_and_path(w.last_v1_rejected.or(w.last_v1), path),
+                causes(w)
             ));
         } else if w.v1 > 0 {
             reasons.push(format!(
-                "{}{}",
+                "{}{}{}",
                 plural(w.v1, "IMDSv1 request"),
-                last_and_path(w.last_v1, top_path)
+                last_and_path(w.last_v1, top_path),
+                causes(w)
             ));
         } else if let Some(f) = w.finding(DiagnosticKind::CredentialsV1) {
             // The requests themselves were lost or filtered; the diagnostic
@@ -477,35 +606,46 @@ pub fn verdict(workloads: &[Workload]) -> Verdict {
                 last_and_path(Some(f.last), None)
             ));
         }
-        let hop = w.finding(DiagnosticKind::HopLimit);
-        let hop_fix = hop.map(|f| {
+        let fallback = w.finding(DiagnosticKind::V1Fallback);
+        // IMDSv1 a client chose (not after a fallback): change the client.
+        // Requests whose client is unknown count as chosen unless the
+        // workload fell back (then they are most likely the fallback's).
+        let chosen = w.v1_never_v2 + w.v1_also_v2;
+        let unknown = w.v1.saturating_sub(chosen + w.v1_fallback);
+        let credentials_only = w.v1 == 0 && !reasons.is_empty();
+        if chosen > 0 || unknown > 0 && fallback.is_none() || credentials_only {
+            fix(CLIENT_FIX.to_owned());
+        }
+        if let Some(f) = w.finding(DiagnosticKind::HopLimit) {
             let needed = f.hop_limit.map_or(2, |(_, needed)| needed);
-            f.fix.clone().unwrap_or_else(|| hop_limit_fix(needed))
-        });
-        if let (Some(f), Some(fix)) = (hop, &hop_fix) {
             let limits = match f.hop_limit {
                 Some((observed, needed)) => format!("{observed} < {needed} needed"),
                 None => "too low".to_owned(),
             };
-            reasons.push(format!("token response hop limit {limits}: {fix}"));
+            reasons.push(format!(
+                "token response hop limit {limits} ({})",
+                plural(f.count, "token PUT")
+            ));
+            fix(f.fix.clone().unwrap_or_else(|| hop_limit_fix(needed)));
         }
-        if let Some(f) = w.finding(DiagnosticKind::V1Fallback) {
-            let mut reason = "fell back to IMDSv1".to_owned();
+        if let Some(f) = fallback {
+            let mut reason = match f.count {
+                1 => "fell back to IMDSv1 once".to_owned(),
+                n => format!("fell back to IMDSv1 {n} times"),
+            };
             if let Some(ms) = f.delay_ms {
-                reason += &format!(" after {ms} ms without a token");
-            }
-            let fix = f.fix.clone().unwrap_or_else(|| hop_limit_fix(2));
-            // Same cure as the hop limit above: say it once.
-            if hop_fix.as_ref() != Some(&fix) {
-                reason += &format!(": {fix}");
+                let last = if f.count == 1 { "" } else { "the last " };
+                reason += &format!(" ({last}after {ms} ms without a token)");
             }
             reasons.push(reason);
+            fix(f.fix.clone().unwrap_or_else(|| hop_limit_fix(2)));
         }
         if !reasons.is_empty() {
             blocking.push(Blocker {
                 kind: w.kind.clone(),
                 id: w.id.clone(),
                 reason: reasons.join("; "),
+                fixes,
                 broken_now: w.v1_rejected > 0,
             });
         }

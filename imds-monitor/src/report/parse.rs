@@ -229,6 +229,9 @@ pub struct Event {
     pub time: SystemTime,
     pub sender: SenderId,
     pub what: What,
+    /// The client by process id, as the daemon decides fallbacks
+    /// (`diagnose::client_pid`): the process, or the script of a curl.
+    pub client: Option<u32>,
 }
 
 // The shape of a line, as far as the report reads it. Serde checks every
@@ -271,6 +274,15 @@ struct RawHost {
 #[derive(Default, Deserialize)]
 struct RawProcess {
     executable: Option<String>,
+    pid: Option<u32>,
+    name: Option<String>,
+    parent: Option<RawParent>,
+}
+
+#[derive(Deserialize)]
+struct RawParent {
+    pid: Option<u32>,
+    name: Option<String>,
 }
 
 #[derive(Default, Deserialize)]
@@ -478,6 +490,14 @@ pub fn line(bytes: &[u8], tables: &mut Tables) -> Result<Event, String> {
         (Some(kind), Some(id)) => Some((tables.sym(&kind), tables.sym(&id))),
         _ => None,
     };
+    let process = &raw.process;
+    let client = process.pid.map(|pid| {
+        let parent = process
+            .parent
+            .as_ref()
+            .and_then(|p| Some((p.pid?, p.name.as_deref().unwrap_or_default())));
+        crate::diagnose::client_pid(process.name.as_deref().unwrap_or_default(), pid, parent)
+    });
     let sender = Sender {
         host: tables.opt_sym(raw.host.name.as_deref()),
         workload,
@@ -491,6 +511,7 @@ pub fn line(bytes: &[u8], tables: &mut Tables) -> Result<Event, String> {
         time,
         sender: SenderId(tables.senders.intern(&sender)),
         what,
+        client,
     })
 }
 

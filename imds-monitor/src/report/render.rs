@@ -31,6 +31,7 @@ pub fn json(report: &Report) -> String {
                 "kind": b.kind,
                 "id": b.id,
                 "reason": b.reason,
+                "fixes": b.fixes,
                 "broken_now": b.broken_now,
             })).collect::<Vec<_>>(),
         },
@@ -63,6 +64,9 @@ fn workload_json(w: &Workload) -> Value {
         ("incomplete", w.incomplete),
         ("responses_401", w.responses_401),
         ("v1_rejected", w.v1_rejected),
+        ("v1_fallback", w.v1_fallback),
+        ("v1_never_v2", w.v1_never_v2),
+        ("v1_also_v2", w.v1_also_v2),
     ] {
         m.insert(key.into(), n.into());
     }
@@ -382,12 +386,21 @@ fn verdict(report: &Report, out: &mut String) {
         for b in broken {
             let reason = b.reason.strip_prefix("broken now: ").unwrap_or(&b.reason);
             let _ = writeln!(out, "    {}: {}", name(&b.kind, &b.id), clean(reason));
+            fixes(b, out);
         }
     }
     if !rest.is_empty() {
         *out += "  still in the way:\n";
         for b in rest {
             let _ = writeln!(out, "    {}: {}", name(&b.kind, &b.id), clean(&b.reason));
+            fixes(b, out);
         }
+    }
+}
+
+/// A blocker's fixes, one per cause, under it.
+fn fixes(b: &super::model::Blocker, out: &mut String) {
+    for fix in &b.fixes {
+        let _ = writeln!(out, "      fix: {}", clean(fix));
     }
 }

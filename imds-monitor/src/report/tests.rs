@@ -185,8 +185,13 @@ fn v1_counts_times_and_top_paths() {
     assert!(!r.verdict.safe);
     assert_eq!(
         r.verdict.blocking[0].reason,
-        format!("9 IMDSv1 requests (last 2026-11-23T10:00:50Z, {creds})")
+        format!(
+            "9 IMDSv1 requests (last 2026-11-23T10:00:50Z, {creds}): \
+             9 from clients that also use IMDSv2"
+        )
     );
+    assert_eq!((w.v1_fallback, w.v1_never_v2, w.v1_also_v2), (0, 0, 9));
+    assert_eq!(r.verdict.blocking[0].fixes, [model::CLIENT_FIX]);
 }
 
 #[test]
@@ -253,12 +258,14 @@ fn rejected_v1_is_broken_now_and_listed_first() {
         first.reason
     );
     assert!(
-        first
-            .reason
-            .ends_with("/latest/meta-data/iam/security-credentials/web)"),
-        "the rejected path: {}",
+        first.reason.ends_with(
+            "/latest/meta-data/iam/security-credentials/web): \
+             1 from clients that never tried IMDSv2"
+        ),
+        "the rejected path and the cause: {}",
         first.reason
     );
+    assert_eq!(first.fixes, [model::CLIENT_FIX]);
     assert!(!r.verdict.blocking[1].broken_now);
     assert_eq!(r.verdict.blocking[1].id, "a.service");
 }
@@ -289,14 +296,22 @@ fn hop_limit_or_fallback_blocks_without_any_v1() {
         [
             (
                 "c2",
-                "fell back to IMDSv1 after 1000 ms without a token: set the hop limit to 2"
+                "fell back to IMDSv1 once (after 1000 ms without a token)"
             ),
             (
                 "pod-a",
-                "token response hop limit 1 < 2 needed: aws ec2 modify-instance-metadata-options \
-                 --instance-id <instance-id> --http-put-response-hop-limit 2"
+                "token response hop limit 1 < 2 needed (1 token PUT)"
             ),
         ]
+    );
+    let fixes: Vec<&[String]> = r.verdict.blocking.iter().map(|b| &b.fixes[..]).collect();
+    assert_eq!(
+        fixes,
+        [
+            &["set the hop limit to 2".to_owned()][..],
+            &[model::hop_limit_fix(2)][..]
+        ],
+        "the fix of the cause, never the client's when it did try IMDSv2"
     );
     let f = workload(&r, "pod-a")
         .finding(DiagnosticKind::HopLimit)
@@ -318,10 +333,11 @@ fn fallback_after_hop_limit_names_the_fix_once() {
     let r = report(&[hop, fallback, request(1, "pod", "p", "v1_get", "/latest/")]);
     assert_eq!(
         r.verdict.blocking[0].reason,
-        "1 IMDSv1 request (last 2026-11-23T10:00:01Z, /latest/); \
-         token response hop limit 1 < 2 needed: raise it; \
-         fell back to IMDSv1 after 750 ms without a token"
+        "1 IMDSv1 request (last 2026-11-23T10:00:01Z, /latest/): 1 after falling back from IMDSv2; \
+         token response hop limit 1 < 2 needed (1 token PUT); \
+         fell back to IMDSv1 once (after 750 ms without a token)"
     );
+    assert_eq!(r.verdict.blocking[0].fixes, ["raise it"], "said once");
 }
 
 #[test]
@@ -582,12 +598,123 @@ fn table_shows_short_container_ids_and_the_verdict_last() {
         "{text}"
     );
     assert!(text.contains("broken now"), "{text}");
+    let mut last = text.trim_end().lines().rev();
     assert!(
-        text.trim_end()
-            .lines()
-            .last()
+        last.next()
             .unwrap()
-            .contains("IMDSv1 request answered 401"),
+            .starts_with("      fix: Update these clients to IMDSv2"),
         "{text}"
+    );
+    assert!(
+        last.next().unwrap().contains("IMDSv1 request answered 401"),
+        "{text}"
+    );
+}
+
+/// The issue's mix in one container: an SDK whose token PUTs are answered,
+/// a legacy script on IMDSv1, and an SDK run (its own process) that fell
+/// back and went on reading over IMDSv1 until its next token PUT.
+#[test]
+fn v1_requests_are_split_by_cause_per_client() {
+    let pid = |mut doc: Value, pid: u32| {
+        doc["process"]["pid"] = json!(pid);
+        doc
+    };
+    let c = |secs, class, path| request(secs, "container", "c", class, path);
+    let fallback = diagnostic(
+        12,
+        "imds-v1-fallback",
+        "container",
+        "c",
+        json!({ "fallback": { "delay_ms": 1000 }, "diagnostic": { "fix": "raise the hop limit" } }),
+    );
+    let mut curl_script = Vec::new();
+    // A script's curls (pids 60, 61, 62) whose parent is sh 59: one client.
+    for (i, (secs, class)) in [(20, "v2_token_put"), (21, "v1_get"), (22, "v1_get")]
+        .into_iter()
+        .enumerate()
+    {
+        let mut doc = pid(c(secs, class, "/latest/meta-data/"), 60 + i as u32);
+        doc["process"]["name"] = json!("curl");
+        doc["process"]["parent"] = json!({ "pid": 59, "name": "sh" });
+        curl_script.push(doc);
+    }
+    let mut script_fallback = pid(fallback.clone(), 61);
+    script_fallback["@timestamp"] = json!(at(21));
+    script_fallback["process"]["name"] = json!("curl");
+    script_fallback["process"]["parent"] = json!({ "pid": 59, "name": "sh" });
+    let mut lines = vec![
+        // The SDK with answered PUTs, pid 10, and a legacy loop, pid 11.
+        pid(c(0, "v2_token_put", "/latest/api/token"), 10),
+        pid(c(1, "v2_get", "/latest/meta-data/"), 10),
+        pid(c(2, "v1_get", "/latest/meta-data/"), 11),
+        pid(c(3, "v1_get", "/latest/meta-data/"), 11),
+        // Pid 12: a PUT that got nowhere, the fallback and two reads, then a
+        // PUT that worked and one more IMDSv1 read of its own choosing.
+        pid(c(11, "v2_token_put", "/latest/api/token"), 12),
+        pid(fallback, 12),
+        pid(
+            c(12, "v1_get", "/latest/meta-data/iam/security-credentials/"),
+            12,
+        ),
+        pid(
+            c(13, "v1_get", "/latest/meta-data/iam/security-credentials/r"),
+            12,
+        ),
+        pid(c(30, "v2_token_put", "/latest/api/token"), 12),
+        pid(c(31, "v1_get", "/latest/meta-data/"), 12),
+        script_fallback,
+    ];
+    // Rotated files come newest first: order must not matter.
+    lines.extend(curl_script.into_iter().rev());
+    let r = report(&lines);
+    let w = workload(&r, "c");
+    assert_eq!(w.v1, 7);
+    assert_eq!(
+        (w.v1_fallback, w.v1_never_v2, w.v1_also_v2),
+        (4, 2, 1),
+        "pid 12's two reads and the script's two; pid 11's two; pid 12's last"
+    );
+    assert_eq!(w.finding(DiagnosticKind::V1Fallback).unwrap().count, 2);
+    let b = &r.verdict.blocking[0];
+    assert!(
+        b.reason.contains(
+            ": 4 after falling back from IMDSv2, 2 from clients that never tried IMDSv2, \
+             1 from clients that also use IMDSv2"
+        ),
+        "{}",
+        b.reason
+    );
+    assert_eq!(b.fixes, [model::CLIENT_FIX, "raise the hop limit"]);
+    let json: Value = serde_json::from_str(&render::json(&r)).unwrap();
+    assert_eq!(json["workloads"][0]["v1_fallback"], 4);
+    assert_eq!(json["workloads"][0]["v1_never_v2"], 2);
+    assert_eq!(
+        json["verdict"]["blocking"][0]["fixes"][1],
+        "raise the hop limit"
+    );
+}
+
+#[test]
+fn only_fallbacks_ask_for_the_hop_limit_alone() {
+    let mut put = request(0, "pod", "p", "v2_token_put", "/latest/api/token");
+    put["process"]["pid"] = json!(7);
+    let mut fallback = diagnostic(
+        1,
+        "imds-v1-fallback",
+        "pod",
+        "p",
+        json!({ "fallback": { "delay_ms": 1000 }, "diagnostic": { "fix": "raise the hop limit" } }),
+    );
+    fallback["process"]["pid"] = json!(7);
+    let mut v1 = request(1, "pod", "p", "v1_get", "/latest/meta-data/");
+    v1["process"]["pid"] = json!(7);
+    let r = report(&[v1, fallback, put]);
+    let b = &r.verdict.blocking[0];
+    assert_eq!(b.fixes, ["raise the hop limit"], "{}", b.reason);
+    assert!(
+        b.reason.contains(": 1 after falling back from IMDSv2;"),
+        "{}",
+        b.reason
     );
 }

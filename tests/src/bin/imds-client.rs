@@ -72,6 +72,15 @@ struct Args {
     /// Send header names in lower case (as botocore and the Go/JS SDKs do).
     #[arg(long)]
     lowercase: bool,
+    /// Like an AWS SDK (botocore): if the token PUT times out or is refused
+    /// (403, 404, 405), go on without a token (IMDSv1) in this same process.
+    #[arg(long, requires = "v2")]
+    fallback_v1: bool,
+    /// Like an SDK fetching credentials: after reading --path (the role
+    /// list, e.g. /latest/meta-data/iam/security-credentials/), read the
+    /// first role's credentials under it.
+    #[arg(long)]
+    role_credentials: bool,
     /// Print response bodies on stderr.
     #[arg(long, short)]
     verbose: bool,
@@ -140,6 +149,8 @@ fn options(args: Args) -> Result<ClientOptions, String> {
         duration: args.duration_ms.map(Duration::from_millis),
         timeout: Duration::from_millis(args.timeout_ms),
         lowercase_headers: args.lowercase,
+        fallback_v1: args.fallback_v1,
+        role_credentials: args.role_credentials,
     })
 }
 
