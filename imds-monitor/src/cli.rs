@@ -115,6 +115,13 @@ pub struct RunArgs {
     #[arg(long, value_name = "KIB", default_value_t = 16 * 1024, value_parser = clap::value_parser!(u64).range(4..=4 * 1024 * 1024))]
     pub output_queue_kib: u64,
 
+    /// Connections to IMDS the classifier follows at once (its flow table).
+    /// A connection pushed out of a full table is not let through: its later
+    /// segments are judged untracked (reset in enforce mode unless they start
+    /// a request). The default suits any host IMDS's own rate limit allows
+    #[arg(long, value_name = "N", default_value_t = 16_384, value_parser = clap::value_parser!(u32).range(16..=1_048_576))]
+    pub flow_table_entries: u32,
+
     /// Rotated files to keep (gzip-compressed, except the newest)
     #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub rotate_keep: u64,

@@ -196,6 +196,9 @@ pub struct LoadOptions<'a> {
     pub watched: Option<&'a Subtree>,
     /// Enforce mode: pin maps and links (and adopt pinned ones).
     pub pins: Option<Pins>,
+    /// Entries of the flow table (`--flow-table-entries`); `None` keeps the
+    /// object's size.
+    pub flow_entries: Option<u32>,
 }
 
 impl Kernel {
@@ -206,6 +209,9 @@ impl Kernel {
         let (mkdir_id, mkdir_path) = mkdir_offsets(&tracefs)?;
         let (cgroup_id, cgroup_level) = options.watched.map_or((0, 0), |w| (w.id, w.level));
         let mut loader = EbpfLoader::new();
+        if let Some(entries) = options.flow_entries {
+            loader.set_max_entries("FLOWS", entries);
+        }
         if let Some(pins) = &options.pins {
             // An existing pin is reused: a restarted daemon keeps the state.
             for name in PINNED_MAPS {

@@ -97,6 +97,7 @@ async fn run_until_signal(args: RunArgs) -> Result<()> {
         endpoints: &table,
         watched: args.cgroup.is_some().then_some(&watched),
         pins: pins.clone(),
+        flow_entries: Some(args.flow_table_entries),
     })?;
     kernel.persist = args.persist;
     if adopted {

@@ -309,3 +309,55 @@ fn a_connection_without_state_is_judged_from_a_request_start_only() {
     assert_eq!(v2.len(), 1, "{:#?}", stopped.requests());
     assert_eq!(v2[0]["imds"]["verdict"], "allowed");
 }
+
+#[test]
+fn a_head_finished_after_its_flow_entry_was_evicted_is_reset() {
+    const TABLE: &str = "64";
+    const OTHERS: usize = 300;
+    let sb = Sandbox::builder().hop_limit(2).build().expect("sandbox");
+    let monitor = Monitor::start(&sb, &["--mode", "enforce", "--flow-table-entries", TABLE])
+        .expect("monitor");
+    let seen = sb
+        .run_in_host_netns(|| {
+            let mut first = connect(V4, Wire::Plain);
+            send(
+                &mut first,
+                format!("GET {CREDENTIALS} HTTP/1.1\r\n").as_bytes(),
+            )
+            .unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+            // Many other connections, each with a head still open, push the
+            // first one's entry out of the small table.
+            let mut others = Vec::new();
+            for i in 0..OTHERS {
+                let mut other = connect(V4, Wire::Plain);
+                let head = format!("GET /latest/meta-data/ami-id HTTP/1.1\r\nX-Pressure: {i}\r\n");
+                send(&mut other, head.as_bytes()).unwrap();
+                others.push(other);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            let seen = match send(&mut first, b"Host: imds\r\n\r\n") {
+                Err(ErrorKind::ConnectionReset) => Outcome::Reset,
+                _ => outcome(&mut first),
+            };
+            drop(others);
+            seen
+        })
+        .expect("host namespace");
+    assert_eq!(seen, Outcome::Reset, "eviction is no bypass");
+    monitor.wait_for_requests(1).expect("events");
+    let stopped = stop(monitor);
+    assert_eq!(served_credentials(&sb), 0, "{:#?}", sb.imds_log());
+    let counters = &stopped.stopped_event()["imds"]["counters"];
+    let untracked = counters["untracked_segments"].as_u64().unwrap();
+    assert!(untracked >= 1, "{counters:#}");
+    let reset: Vec<_> = of_class(&stopped, "incomplete")
+        .into_iter()
+        .filter(|r| r["imds"]["incomplete_reason"] == "untracked_connection")
+        .collect();
+    assert!(!reset.is_empty(), "{:#?}", stopped.requests());
+    assert!(reset.iter().all(|r| r["imds"]["verdict"] == "dropped"));
+    eprintln!(
+        "flow table of {TABLE} entries, {OTHERS} other open heads: {untracked} untracked segments"
+    );
+}

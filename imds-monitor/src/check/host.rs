@@ -189,6 +189,7 @@ pub fn load_programs(list: &[SocketAddr]) -> ProgramLoad {
         endpoints: &table,
         watched: None,
         pins: None,
+        flow_entries: None,
     }) {
         Ok(kernel) => {
             let stats = kernel::verifier_stats(&kernel)
