@@ -8,12 +8,22 @@ use anyhow::Context as _;
 
 use crate::cmd;
 use crate::setup::{self, SetupArgs};
+use crate::vm;
 
 #[derive(Debug, clap::Args)]
 pub struct TestArgs {
     /// Do not run `cargo xtask setup` first.
     #[arg(long)]
     pub no_setup: bool,
+
+    /// Skip the kernel matrix (the checks and integration tests in qemu VMs
+    /// of Debian's 5.10, 6.1 and 6.12 kernels).
+    #[arg(long, conflicts_with = "kernels")]
+    pub no_kernels: bool,
+
+    /// Kernel lines of the matrix: comma-separated 5.10, 6.1, 6.12, or all.
+    #[arg(long, value_name = "LIST", default_value = "all")]
+    pub kernels: String,
 
     /// Extra arguments for `cargo test`, after `--` (e.g. `-- -p imds-monitor-common`,
     /// `-- parse -- --nocapture`).
@@ -138,8 +148,29 @@ pub fn test(args: &TestArgs) -> anyhow::Result<()> {
     let mut test = cmd::cargo();
     test.args(["test", "--no-fail-fast"])
         .args(&args.cargo_test_args);
-    let (step, tally) = run_tests(&mut test);
+    let (step, mut tally) = run_tests(&mut test);
     steps.push(step);
+
+    // The same binaries, in VMs of the kernels EC2 hosts run.
+    let mut kernels = Vec::new();
+    if args.no_kernels {
+        println!("== kernels: skipped (--no-kernels) ==");
+    } else {
+        println!("== kernels ==");
+        match vm::matrix::run(&args.kernels, &mut tally) {
+            Ok(results) => kernels = results,
+            Err(e) => steps.push(Step {
+                name: "kernel matrix".to_owned(),
+                outcome: Err(format!("{e:#}")),
+            }),
+        }
+    }
+    for k in &kernels {
+        steps.push(Step {
+            name: format!("kernel {} (check + integration tests)", k.run.version),
+            outcome: k.outcome(),
+        });
+    }
 
     println!("== summary ==");
     for step in &steps {
@@ -147,6 +178,11 @@ pub fn test(args: &TestArgs) -> anyhow::Result<()> {
             Ok(detail) => println!("ok       {}{detail}", step.name),
             Err(why) => println!("FAILED   {}: {why}", step.name),
         }
+    }
+    if !kernels.is_empty() {
+        println!();
+        vm::print_table(kernels.iter().map(|k| (&k.run, Some(&k.tally))));
+        println!();
     }
     println!(
         "note: imds-monitor-ebpf is not linted here (it builds only for bpfel-unknown-none \
