@@ -107,6 +107,8 @@ pub enum InvalidReason {
     SynData = 15,
     /// An IP fragment, or IPv6 extension headers the classifier does not follow.
     IpHeader = 16,
+    /// A new connection when the flow table is full: not followed, so not let through.
+    FlowTableFull = 17,
 }
 
 impl InvalidReason {
@@ -128,6 +130,7 @@ impl InvalidReason {
             14 => Self::Unfollowed,
             15 => Self::SynData,
             16 => Self::IpHeader,
+            17 => Self::FlowTableFull,
             _ => Self::None,
         }
     }
@@ -151,11 +154,12 @@ impl InvalidReason {
             Self::Unfollowed => "unfollowed",
             Self::SynData => "syn_data",
             Self::IpHeader => "ip_header",
+            Self::FlowTableFull => "flow_table_full",
         }
     }
 
     /// Every reason, for tests and docs.
-    pub const ALL: [Self; 17] = [
+    pub const ALL: [Self; 18] = [
         Self::None,
         Self::Method,
         Self::PutNotToken,
@@ -173,6 +177,7 @@ impl InvalidReason {
         Self::Unfollowed,
         Self::SynData,
         Self::IpHeader,
+        Self::FlowTableFull,
     ];
 
     /// Whether a request of this reason, in enforce mode, must not reach

@@ -246,6 +246,8 @@ pub mod stat {
     /// Packets to an endpoint the classifier could not read: IP fragments,
     /// IPv6 extension headers, data in a SYN.
     pub const UNREADABLE_PACKETS: u32 = 7;
+    /// New connections not followed because the flow table was full.
+    pub const FLOW_TABLE_FULL: u32 = 14;
     /// Requests classified, by class: `CLASS_BASE + class`.
     pub const CLASS_BASE: u32 = 8;
     pub const COUNT: u32 = 16;

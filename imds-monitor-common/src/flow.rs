@@ -59,6 +59,9 @@ pub struct FlowState {
     /// behind this host, one more hop from IMDS.
     pub forwarded: u8,
     pub _pad: u8,
+    /// `bpf_ktime_get_boot_ns` of the last payload segment: the daemon
+    /// removes entries idle for long (connections that vanished unseen).
+    pub last_seen_ns: u64,
 }
 
 /// Key of the map that finds a forwarded connection's owner: destination
@@ -90,6 +93,7 @@ impl FlowState {
             attribution: 0,
             forwarded: 0,
             _pad: 0,
+            last_seen_ns: 0,
         }
     }
 }

@@ -22,6 +22,16 @@ pub mod flow;
 pub mod http;
 pub mod response;
 
+/// The request parser as it was before `feed_run` and the name trie: one
+/// byte at a time. The parser's own tests compare it with [`http`]; the
+/// differential test of the kernel classifier (imds-sandbox) uses it as a
+/// second opinion. Test-only: behind the `reference` feature (and left out
+/// of the crate's own test build, whose parser tests hold their own copy).
+#[cfg(all(feature = "reference", not(test)))]
+#[allow(clippy::new_without_default)]
+#[path = "http/tests/reference.rs"]
+pub mod reference;
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all are `repr(C)`, `Copy`, made only of integers and byte

@@ -1,7 +1,11 @@
 //! TCP sequence tracking: every payload byte of a connection reaches the
 //! parser exactly once, in order; retransmitted bytes are skipped.
 
-use aya_ebpf::{EbpfContext, helpers::generated::bpf_get_socket_cookie, programs::TcContext};
+use aya_ebpf::{
+    EbpfContext,
+    helpers::generated::{bpf_get_socket_cookie, bpf_ktime_get_boot_ns},
+    programs::TcContext,
+};
 use imds_monitor_common::{
     class::{InvalidReason, RequestClass},
     config::action,
@@ -75,7 +79,11 @@ pub fn on_segment(ctx: &TcContext, segment: &Segment) -> Fate {
         // Data in a SYN (TCP Fast Open) is not read. Dropped, the client
         // sends the SYN again without it and the data after the handshake.
         count(stat::UNREADABLE_PACKETS);
-        return if report_unreadable(ctx, origin, InvalidReason::SynData) {
+        let origin = Origin {
+            socket_cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
+            ..origin
+        };
+        return if report_untracked(&origin, InvalidReason::SynData) {
             Fate::Drop
         } else {
             Fate::Pass
@@ -96,8 +104,11 @@ pub fn on_segment(ctx: &TcContext, segment: &Segment) -> Fate {
     if segment.fin_or_rst {
         if let Some(flow) = FLOWS.get_ptr_mut(&segment.key) {
             let flow = unsafe { &mut *flow };
-            // The connection ended inside a request head: say so, never guess.
-            if flow.flags & flow_flag::DESYNC == 0 && flow.parser.in_request() {
+            // The connection ended inside a request head: say so, never guess
+            // (a head already dropped was reported as such).
+            if flow.flags & (flow_flag::DESYNC | flow_flag::BLOCKED) == 0
+                && flow.parser.in_request()
+            {
                 scan::emit(
                     &origin,
                     flow,
@@ -126,7 +137,7 @@ pub fn on_unreadable(ctx: &TcContext, key: &FlowKey) -> Fate {
         _pad: 0,
         socket_cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
     };
-    if report_unreadable(ctx, origin, InvalidReason::IpHeader) {
+    if report_untracked(&origin, InvalidReason::IpHeader) {
         Fate::Drop
     } else {
         Fate::Pass
@@ -134,14 +145,11 @@ pub fn on_unreadable(ctx: &TcContext, key: &FlowKey) -> Fate {
 }
 
 /// Reports a packet the classifier could not read (SYN data, fragments,
-/// extension headers) as an `incomplete` request; returns whether enforce
-/// mode drops it. No connection state is made for it.
+/// extension headers) or follow (a full flow table) as an `incomplete`
+/// request; returns whether enforce mode drops it. No connection state is
+/// made for it.
 #[inline(always)]
-fn report_unreadable(ctx: &TcContext, origin: Origin, reason: InvalidReason) -> bool {
-    let origin = Origin {
-        socket_cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
-        ..origin
-    };
+fn report_untracked(origin: &Origin, reason: InvalidReason) -> bool {
     let Some(flow) = staged_flow(0) else {
         // No staging entry: nothing to report with; fail closed all the same.
         return scan::action_for(RequestClass::Incomplete) == action::DROP;
@@ -152,7 +160,7 @@ fn report_unreadable(ctx: &TcContext, origin: Origin, reason: InvalidReason) -> 
     if blocks {
         flow.flags |= flow_flag::BLOCKED;
     }
-    scan::emit(&origin, flow, RequestClass::Incomplete, reason);
+    scan::emit(origin, flow, RequestClass::Incomplete, reason);
     blocks
 }
 
@@ -183,7 +191,14 @@ fn on_untracked(
 ) -> Result<*mut FlowState, Fate> {
     let fresh = starts_request(ctx, segment) || is_first_payload(segment);
     if !track_flow(&segment.key, segment.seq) {
-        return Err(Fate::Pass);
+        // The flow table is full: a connection that is not followed is not
+        // let through either (each of its segments meets this again).
+        count(stat::FLOW_TABLE_FULL);
+        return Err(if report_untracked(origin, InvalidReason::FlowTableFull) {
+            Fate::Reset
+        } else {
+            Fate::Pass
+        });
     }
     let Some(flow) = FLOWS.get_ptr_mut(&segment.key) else {
         return Err(Fate::Pass);
@@ -236,6 +251,7 @@ fn on_tracked(ctx: &TcContext, flow: &mut FlowState, segment: &Segment, origin: 
         find_owner(flow, segment, origin.socket_cookie);
     }
     flow.next_seq = segment.seq.wrapping_add(len);
+    flow.last_seen_ns = unsafe { bpf_ktime_get_boot_ns() };
     scan::scan_payload(ctx, flow, origin, segment.payload_offset + skip, len - skip);
     // The scan wrote the entry through its own lookup: read it again.
     let flags = unsafe { core::ptr::read_volatile(&flow.flags) };

@@ -2,8 +2,9 @@
 
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::generated::bpf_ktime_get_boot_ns,
     macros::map,
-    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use imds_monitor_common::{
     event::stat,
@@ -15,13 +16,15 @@ use crate::scan::Origin;
 /// Payload bytes of one packet the classifier inspects.
 pub const SCAN_CAP: usize = 2048;
 
-/// Connections to IMDS endpoints being parsed. LRU: a connection that
-/// vanished without FIN is evicted instead of filling the map. 16,384
-/// connections open at once is far above what IMDS's own packet rate limit
-/// lets a host keep busy; an evicted connection's later segments are
-/// judged as untracked (reset in enforce mode unless they start a request).
+/// Connections to IMDS endpoints being parsed. A plain hash, not LRU: an
+/// entry is never pushed out silently (a connection whose state vanished
+/// mid-head could then finish its head unjudged). When it is full a new
+/// connection is not followed, and so, in enforce mode, reset; the daemon
+/// removes entries idle for a minute (connections that vanished unseen).
+/// 16,384 open at once is far above what IMDS's own packet rate limit lets
+/// a host keep busy (`--flow-table-entries` changes it).
 #[map]
-pub static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(16384, 0);
+pub static FLOWS: HashMap<FlowKey, FlowState> = HashMap::with_max_entries(16384, 0);
 
 /// Classified requests for the daemon.
 #[map]
@@ -84,6 +87,7 @@ pub fn staged_flow(next_seq: u32) -> Option<*mut FlowState> {
     flow.attribution = 0;
     flow.forwarded = 0;
     flow.owner.exempt_rule = 0;
+    flow.last_seen_ns = unsafe { bpf_ktime_get_boot_ns() };
     Some(staged)
 }
 

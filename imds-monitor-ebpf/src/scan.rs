@@ -117,11 +117,14 @@ pub extern "C" fn imds_scan() -> i64 {
         flow: work,
         origin,
         truncated,
+        skipped,
+        len,
         ..
     } = unsafe { &mut *scratch };
     // Bytes past the buffer or the steps are not judged: they might hold
-    // a request. Enforce mode resets the connection (fails closed).
-    let unread = *truncated != 0 || steps >= STEPS;
+    // a request. Enforce mode resets the connection (fails closed). The
+    // steps ran out only if bytes are left after the last one.
+    let unread = *truncated != 0 || (steps >= STEPS && steps + *skipped < *len);
     if unread && work.flags & (flow_flag::DESYNC | flow_flag::BLOCKED) == 0 {
         if action_for(RequestClass::Incomplete) == action::DROP && work.owner.exempt_rule == 0 {
             work.flags |= flow_flag::BLOCKED;
@@ -254,6 +257,10 @@ pub extern "C" fn imds_scan_step(index: u64) -> i64 {
             0
         }
         Step::Malformed => {
+            // Junk is an invalid request: a policy that drops those resets it.
+            if action_for(RequestClass::Invalid) == action::DROP && flow.owner.exempt_rule == 0 {
+                flow.flags |= flow_flag::BLOCKED;
+            }
             emit(
                 origin,
                 flow,

@@ -116,9 +116,10 @@ pub struct RunArgs {
     pub output_queue_kib: u64,
 
     /// Connections to IMDS the classifier follows at once (its flow table).
-    /// A connection pushed out of a full table is not let through: its later
-    /// segments are judged untracked (reset in enforce mode unless they start
-    /// a request). The default suits any host IMDS's own rate limit allows
+    /// While it is full a new connection is not followed, and so not let
+    /// through in enforce mode (reported as incomplete, flow_table_full);
+    /// entries idle for a minute are removed. The default suits any host
+    /// IMDS's own rate limit allows
     #[arg(long, value_name = "N", default_value_t = 16_384, value_parser = clap::value_parser!(u32).range(16..=1_048_576))]
     pub flow_table_entries: u32,
 

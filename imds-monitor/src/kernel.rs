@@ -21,6 +21,7 @@ use aya::{
     util::KernelVersion,
 };
 use imds_monitor_common::config::Endpoints;
+use imds_monitor_common::flow::{FlowKey, FlowState};
 
 use crate::{cgroups::Subtree, policy::compile::Compiled, verifier};
 
@@ -182,6 +183,9 @@ fn pin(link: FdLink, path: &Path) -> Result<PinnedLink> {
 pub struct Kernel {
     ebpf: Ebpf,
     attachments: Vec<Attachment>,
+    /// What works less well on this kernel, one sentence each (besides the
+    /// attach method, see [`Kernel::method`]).
+    pub degraded: Vec<&'static str>,
     pub method: &'static str,
     /// Enforce mode: maps and links are pinned here.
     pins: Option<Pins>,
@@ -207,10 +211,25 @@ impl Kernel {
         let tracefs = tracefs()?;
         let child_pid_offset = fork_child_pid_offset(&tracefs)?;
         let (mkdir_id, mkdir_path) = mkdir_offsets(&tracefs)?;
-        let (cgroup_id, cgroup_level) = options.watched.map_or((0, 0), |w| (w.id, w.level));
+        let (mut cgroup_id, cgroup_level) = options.watched.map_or((0, 0), |w| (w.id, w.level));
+        // `--cgroup` limits the process tracepoints to the subtree with
+        // bpf_get_current_ancestor_cgroup_id, which tracepoints cannot call
+        // before 5.15-ish (5.10 has it for socket programs only): there they
+        // follow every process, and the daemon keeps only the subtree's.
+        let mut degraded = Vec::new();
+        if cgroup_id != 0
+            && !verifier::tracepoint_helper_supported(verifier::HELPER_ANCESTOR_CGROUP_ID)
+        {
+            cgroup_id = 0;
+            degraded.push(
+                "process tracking: the kernel's tracepoints cannot tell the --cgroup subtree \
+                 (no bpf_get_current_ancestor_cgroup_id there): every process's exec, fork \
+                 and exit is read, not only the subtree's",
+            );
+        }
         let mut loader = EbpfLoader::new();
         if let Some(entries) = options.flow_entries {
-            loader.set_max_entries("FLOWS", entries);
+            loader.map_max_entries("FLOWS", entries);
         }
         if let Some(pins) = &options.pins {
             // An existing pin is reused: a restarted daemon keeps the state.
@@ -247,6 +266,7 @@ impl Kernel {
         Ok(Self {
             ebpf,
             attachments: Vec::new(),
+            degraded,
             method: "",
             pins: options.pins.clone(),
             persist: false,
@@ -416,6 +436,37 @@ impl Kernel {
             .collect()
     }
 
+    /// Removes flow-table entries idle for `max_idle`: connections that
+    /// vanished without a FIN or RST passing the classifier (a container's
+    /// network namespace deleted mid-connection). The table is a plain hash
+    /// (never evicts), so this is what keeps it from filling up. Returns how
+    /// many went.
+    pub fn sweep_flows(&mut self, max_idle: std::time::Duration) -> Result<usize> {
+        let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+            .context("reading CLOCK_BOOTTIME")?;
+        let now_ns = now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64;
+        let Some(oldest) = now_ns.checked_sub(max_idle.as_nanos() as u64) else {
+            return Ok(0);
+        };
+        let map = self.ebpf.map_mut("FLOWS").context("FLOWS map missing")?;
+        let mut flows: aya::maps::HashMap<_, FlowKey, FlowState> =
+            aya::maps::HashMap::try_from(map)?;
+        let idle: Vec<FlowKey> = flows
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, flow)| flow.last_seen_ns < oldest)
+            .map(|(key, _)| key)
+            .collect();
+        let mut removed = 0;
+        for key in &idle {
+            // Gone meanwhile (its FIN came): fine.
+            if flows.remove(key).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     /// What the classifier does per request class (`config::action`).
     pub fn set_actions(&mut self, actions: [u8; 8]) -> Result<()> {
         let map = self
@@ -503,6 +554,14 @@ impl Kernel {
                 added_clsact,
             } => {
                 let tc: &mut SchedClassifier = program(&mut self.ebpf, name)?.try_into()?;
+                if self.persist && self.pins.is_some() {
+                    // --persist where filters cannot be pinned (clsact, before
+                    // 6.6): the filter stays, holding the program and its
+                    // pinned maps; `imds-monitor detach` removes it by name.
+                    let owned = tc.take_link(link)?;
+                    std::mem::forget(owned);
+                    return Ok(());
+                }
                 let detached = tc
                     .detach(link)
                     .with_context(|| format!("detaching {name} from {iface}"));
@@ -679,6 +738,28 @@ fn raise_memlock_limit() {
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) } != 0 {
         log::debug!("could not raise RLIMIT_MEMLOCK");
     }
+}
+
+/// Removes the classifier's and the response reader's clsact filters from
+/// every interface of this network namespace (what `--persist` leaves on
+/// kernels before 6.6, where filters cannot be pinned); returns what went.
+pub fn remove_netlink_filters() -> Vec<String> {
+    let mut removed = Vec::new();
+    let Ok(entries) = fs::read_dir("/sys/class/net") else {
+        return removed;
+    };
+    for entry in entries.flatten() {
+        let iface = entry.file_name().to_string_lossy().into_owned();
+        for (name, direction) in [
+            (CLASSIFIER, TcAttachType::Egress),
+            (RESPONSES, TcAttachType::Ingress),
+        ] {
+            if tc::qdisc_detach_program(&iface, direction, name).is_ok() {
+                removed.push(format!("filter {name} on {iface}"));
+            }
+        }
+    }
+    removed
 }
 
 /// Turns the errors users meet into what to do next. A verifier rejection

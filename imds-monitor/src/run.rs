@@ -129,6 +129,7 @@ async fn run_until_signal(args: RunArgs) -> Result<()> {
         interfaces: kernel.interfaces(),
         endpoints,
         attach_method: kernel.method,
+        degraded: kernel.degraded.clone(),
         cgroup: watched.path.clone(),
         pinned: pins.map(|p| (p.dir, adopted)),
     };
@@ -222,7 +223,14 @@ async fn run_until_signal(args: RunArgs) -> Result<()> {
                     out.send();
                 }
             }
-            _ = sweep.tick() => writer.enricher.processes.sweep(),
+            _ = sweep.tick() => {
+                writer.enricher.processes.sweep();
+                match kernel.sweep_flows(FLOW_IDLE) {
+                    Ok(0) => {}
+                    Ok(n) => log::debug!("removed {n} idle connections from the flow table"),
+                    Err(e) => log::warn!("sweeping the flow table: {e:#}"),
+                }
+            }
             _ = summary.tick() => {
                 let counts = writer.diagnoser.take_summary();
                 out.push(&ecs::summary(args.summary_interval, &counts, &info), false)?;
@@ -324,17 +332,29 @@ fn stdout_closed_error(kernel: &mut Kernel, info: &RunInfo, queue: &Queue) -> an
     )
 }
 
+/// A flow-table entry idle this long belongs to a connection that vanished
+/// unseen: removed. A keep-alive connection quiet for longer is followed
+/// again from its next request line.
+const FLOW_IDLE: Duration = Duration::from_secs(60);
+
 /// `imds-monitor detach`: ends enforcement left pinned by `--persist` or a
 /// killed daemon.
 pub fn detach(pin_dir: &Path) -> Result<()> {
-    if !pin_dir.exists() {
+    // Kernels before 6.6 keep persisted enforcement as clsact filters (in
+    // this network namespace), newer ones as pinned links.
+    let mut removed = crate::kernel::remove_netlink_filters();
+    if !pin_dir.exists() && removed.is_empty() {
         println!("nothing to detach: {} does not exist", pin_dir.display());
         return Ok(());
     }
-    let removed = Pins {
-        dir: pin_dir.to_owned(),
+    if pin_dir.exists() {
+        removed.extend(
+            Pins {
+                dir: pin_dir.to_owned(),
+            }
+            .remove()?,
+        );
     }
-    .remove()?;
     if removed.is_empty() {
         println!("nothing to detach in {}", pin_dir.display());
     } else {

@@ -16,6 +16,8 @@ pub struct KernelStats {
     pub untracked_segments: u64,
     /// Packets to an endpoint not readable as one TCP segment.
     pub unreadable_packets: u64,
+    /// New connections not followed because the flow table was full.
+    pub flow_table_full: u64,
     pub requests: [u64; RequestClass::COUNT],
 }
 
@@ -33,6 +35,7 @@ pub fn read(map: &PerCpuArray<MapData, u64>) -> Result<KernelStats> {
         responses_lost: sum(stat::RESPONSES_LOST)?,
         untracked_segments: sum(stat::UNTRACKED_SEGMENTS)?,
         unreadable_packets: sum(stat::UNREADABLE_PACKETS)?,
+        flow_table_full: sum(stat::FLOW_TABLE_FULL)?,
         ..KernelStats::default()
     };
     for class in RequestClass::ALL {

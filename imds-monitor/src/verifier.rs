@@ -75,6 +75,62 @@ pub struct ProgLoad {
     pub core_relo_cnt: u32,
 }
 
+/// bpf_get_current_ancestor_cgroup_id.
+pub const HELPER_ANCESTOR_CGROUP_ID: i32 = 123;
+
+/// Whether tracepoint programs may call helper `id` on this kernel: loads
+/// `r1 = 0; call id; r0 = 0; exit` and closes it again. (Linux 5.10 has
+/// bpf_get_current_ancestor_cgroup_id for socket programs, not tracepoints.)
+pub fn tracepoint_helper_supported(id: i32) -> bool {
+    #[repr(C)]
+    struct Insn {
+        code: u8,
+        regs: u8,
+        off: i16,
+        imm: i32,
+    }
+    let insns = [
+        // r1 = 0
+        Insn {
+            code: 0xb7,
+            regs: 1,
+            off: 0,
+            imm: 0,
+        },
+        // call id
+        Insn {
+            code: 0x85,
+            regs: 0,
+            off: 0,
+            imm: id,
+        },
+        // r0 = 0
+        Insn {
+            code: 0xb7,
+            regs: 0,
+            off: 0,
+            imm: 0,
+        },
+        // exit
+        Insn {
+            code: 0x95,
+            regs: 0,
+            off: 0,
+            imm: 0,
+        },
+    ];
+    let license = c"GPL";
+    let attr = ProgLoad {
+        prog_type: BPF_PROG_TYPE_TRACEPOINT,
+        insn_cnt: insns.len() as u32,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        prog_name: name16("imds_probe"),
+        ..ProgLoad::default()
+    };
+    bpf(BPF_PROG_LOAD, &attr).is_ok()
+}
+
 /// `union bpf_attr` for BPF_BTF_GET_FD_BY_ID.
 #[repr(C)]
 struct GetFdById {

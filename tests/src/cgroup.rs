@@ -161,10 +161,15 @@ impl Cgroup {
         Ok(text.lines().any(|l| l == "populated 1"))
     }
 
-    /// SIGKILLs every process in this cgroup and below (`cgroup.kill`, 5.14+).
+    /// SIGKILLs every process in this cgroup and below: `cgroup.kill` (5.14+),
+    /// else each pid of `cgroup.procs` down the tree (Linux 5.10).
     pub fn kill(&self) -> Result<()> {
         let file = self.path.join("cgroup.kill");
-        fs::write(&file, "1").with_context(|| format!("cannot write {}", file.display()))
+        if file.exists() {
+            return fs::write(&file, "1")
+                .with_context(|| format!("cannot write {}", file.display()));
+        }
+        kill_tree(&self.path)
     }
 
     /// Kills everything inside, waits (up to `timeout`) for the processes to
@@ -186,6 +191,25 @@ impl Cgroup {
         }
         remove_tree(&self.path)
     }
+}
+
+/// SIGKILL to every process listed in `dir`'s `cgroup.procs` and below.
+fn kill_tree(dir: &Path) -> Result<()> {
+    let procs = dir.join("cgroup.procs");
+    let text =
+        fs::read_to_string(&procs).with_context(|| format!("cannot read {}", procs.display()))?;
+    for pid in text.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+        // SAFETY: kill(2) with a pid read from cgroup.procs; a pid gone
+        // meanwhile gives ESRCH, which is fine.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    for entry in fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
+        if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            kill_tree(&entry.path())?;
+        }
+    }
+    Ok(())
 }
 
 /// rmdir of a cgroup tree, children first (cgroupfs refuses non-empty rmdir

@@ -27,6 +27,7 @@
 //! Requirements: root, a mounted cgroup2 file system, Linux 5.14+
 //! (`cgroup.kill`), and `ip` (iproute2), `nft` and `curl` on `PATH`.
 
+pub mod bpf_run;
 pub mod cgroup;
 pub mod client;
 pub mod http;
@@ -48,4 +49,4 @@ pub use sandbox::{
     Runtime, Sandbox, SandboxBuilder, clean_stale,
 };
 pub use spawn::Place;
-pub use util::is_root;
+pub use util::{is_root, time_scale};

@@ -232,6 +232,7 @@ impl Monitor {
         timeout: Duration,
         done: impl Fn(&[Value]) -> bool,
     ) -> Result<Vec<Value>> {
+        let timeout = timeout * crate::util::time_scale();
         let deadline = Instant::now() + timeout;
         let (lock, cvar) = &*self.output;
         let mut out = lock.lock().expect("output lock");

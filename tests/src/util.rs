@@ -6,6 +6,17 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 
+/// How much slower than this machine the tests run: `$IMDS_TEST_TIME_SCALE`
+/// (the kernel matrix sets it in its emulated guests), else 1. Waits for
+/// events and intervals the tests ask for are multiplied by it.
+pub fn time_scale() -> u32 {
+    std::env::var("IMDS_TEST_TIME_SCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| (1..=100).contains(n))
+        .unwrap_or(1)
+}
+
 /// Whether the process runs with effective uid 0.
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()

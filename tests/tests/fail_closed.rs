@@ -311,13 +311,13 @@ fn a_connection_without_state_is_judged_from_a_request_start_only() {
 }
 
 #[test]
-fn a_head_finished_after_its_flow_entry_was_evicted_is_reset() {
+fn a_full_flow_table_resets_new_connections_and_keeps_the_old_ones() {
     const TABLE: &str = "64";
     const OTHERS: usize = 300;
     let sb = Sandbox::builder().hop_limit(2).build().expect("sandbox");
     let monitor = Monitor::start(&sb, &["--mode", "enforce", "--flow-table-entries", TABLE])
         .expect("monitor");
-    let seen = sb
+    let (first, others_reset) = sb
         .run_in_host_netns(|| {
             let mut first = connect(V4, Wire::Plain);
             send(
@@ -326,38 +326,58 @@ fn a_head_finished_after_its_flow_entry_was_evicted_is_reset() {
             )
             .unwrap();
             std::thread::sleep(Duration::from_millis(50));
-            // Many other connections, each with a head still open, push the
-            // first one's entry out of the small table.
+            // Many other connections, each with a head still open, fill the
+            // small table: those that find it full are reset, none pushes
+            // the first one's state out.
             let mut others = Vec::new();
             for i in 0..OTHERS {
                 let mut other = connect(V4, Wire::Plain);
                 let head = format!("GET /latest/meta-data/ami-id HTTP/1.1\r\nX-Pressure: {i}\r\n");
-                send(&mut other, head.as_bytes()).unwrap();
+                let _ = send(&mut other, head.as_bytes());
                 others.push(other);
             }
-            std::thread::sleep(Duration::from_millis(50));
-            let seen = match send(&mut first, b"Host: imds\r\n\r\n") {
+            std::thread::sleep(Duration::from_millis(100));
+            let first = match send(&mut first, b"Host: imds\r\n\r\n") {
                 Err(ErrorKind::ConnectionReset) => Outcome::Reset,
                 _ => outcome(&mut first),
             };
-            drop(others);
-            seen
+            let mut reset = 0;
+            for other in &mut others {
+                other
+                    .set_read_timeout(Some(Duration::from_millis(200)))
+                    .unwrap();
+                if outcome(other) == Outcome::Reset {
+                    reset += 1;
+                }
+            }
+            (first, reset)
         })
         .expect("host namespace");
-    assert_eq!(seen, Outcome::Reset, "eviction is no bypass");
+    assert_eq!(first, Outcome::Reset, "its IMDSv1 GET judged and dropped");
+    assert!(
+        others_reset >= OTHERS - 64,
+        "{others_reset} of {OTHERS} reset"
+    );
     monitor.wait_for_requests(1).expect("events");
     let stopped = stop(monitor);
     assert_eq!(served_credentials(&sb), 0, "{:#?}", sb.imds_log());
-    let counters = &stopped.stopped_event()["imds"]["counters"];
-    let untracked = counters["untracked_segments"].as_u64().unwrap();
-    assert!(untracked >= 1, "{counters:#}");
-    let reset: Vec<_> = of_class(&stopped, "incomplete")
+    let v1 = of_class(&stopped, "v1_get");
+    assert!(
+        v1.iter()
+            .any(|r| r["url"]["path"] == CREDENTIALS && r["imds"]["verdict"] == "dropped"),
+        "{v1:#?}"
+    );
+    let full: Vec<_> = of_class(&stopped, "incomplete")
         .into_iter()
-        .filter(|r| r["imds"]["incomplete_reason"] == "untracked_connection")
+        .filter(|r| r["imds"]["incomplete_reason"] == "flow_table_full")
         .collect();
-    assert!(!reset.is_empty(), "{:#?}", stopped.requests());
-    assert!(reset.iter().all(|r| r["imds"]["verdict"] == "dropped"));
+    assert!(!full.is_empty(), "{:#?}", stopped.requests());
+    assert!(full.iter().all(|r| r["imds"]["verdict"] == "dropped"));
+    let counters = &stopped.stopped_event()["imds"]["counters"];
+    let not_followed = counters["flow_table_full"].as_u64().unwrap();
+    assert!(not_followed >= (OTHERS - 64) as u64, "{counters:#}");
     eprintln!(
-        "flow table of {TABLE} entries, {OTHERS} other open heads: {untracked} untracked segments"
+        "flow table of {TABLE} entries, {OTHERS} more open heads: {others_reset} reset, \
+         {not_followed} segments not followed"
     );
 }

@@ -66,7 +66,8 @@ The integration tests create network namespaces: run as root.
 The kernel matrix (see `cargo xtask kernels --help`) then boots Debian's 5.10,
 6.1 and 6.12 cloud kernels under qemu, one after another, and runs in each
 `imds-monitor check` and the integration test binaries classify, attribution,
-enforce, diagnostics and lifecycle, built on this host. Their results count in
+enforce, diagnostics, lifecycle, fail_closed and verifier_budget, built on this
+host. Their results count in
 the closing line, and a table shows each kernel's boot and total seconds and
 its passed and failed tests. About 12 minutes on 2 cores. If the matrix cannot
 run (qemu not installable, no kernel downloadable) the step fails.

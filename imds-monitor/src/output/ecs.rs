@@ -28,6 +28,8 @@ pub struct RunInfo {
     pub interfaces: Vec<String>,
     pub endpoints: Vec<SocketAddr>,
     pub attach_method: &'static str,
+    /// What works less well on this kernel besides the attach method.
+    pub degraded: Vec<&'static str>,
     /// cgroup v2 subtree whose processes are attributed.
     pub cgroup: String,
     /// Enforce mode: the bpffs directory, and whether a predecessor's
@@ -49,6 +51,7 @@ impl RunInfo {
             interfaces: vec!["eth0".into()],
             endpoints: vec!["169.254.169.254:80".parse().unwrap()],
             attach_method: "tcx",
+            degraded: Vec::new(),
             cgroup: "/".into(),
             pinned: None,
         }
@@ -137,16 +140,17 @@ pub fn policy_reload(
 
 /// What works less well on this kernel than on the newest, one sentence
 /// each; empty when nothing does. Everything else loads and runs from 5.10
-/// on (the kernel matrix tests it), so only the attach method differs.
-fn degraded(attach_method: &str) -> Vec<&'static str> {
-    if attach_method == "tcx" {
-        Vec::new()
-    } else {
-        vec![
+/// on (the kernel matrix tests it).
+fn degraded(info: &RunInfo) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    if info.attach_method != "tcx" {
+        out.push(
             "tc attach: clsact qdisc and netlink filter (no TCX before Linux 6.6): \
              pinned enforcement is re-attached on restart, with a gap of milliseconds",
-        ]
+        );
     }
+    out.extend(&info.degraded);
+    out
 }
 
 /// `event.action: "monitor-started"`: the first line, once everything is attached.
@@ -159,7 +163,7 @@ pub fn started(info: &RunInfo) -> Value {
             "interfaces": info.interfaces,
             "endpoints": info.endpoints.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "attach_method": info.attach_method,
-            "degraded": degraded(info.attach_method),
+            "degraded": degraded(info),
             "cgroup": { "path": info.cgroup },
         }),
     );
@@ -216,6 +220,7 @@ pub fn stopped(
                 "responses_not_followed": stats.responses_lost,
                 "untracked_segments": stats.untracked_segments,
                 "unreadable_packets": stats.unreadable_packets,
+                "flow_table_full": stats.flow_table_full,
             },
         }),
     );

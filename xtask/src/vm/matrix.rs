@@ -21,6 +21,8 @@ pub const GUEST_TESTS: &[&str] = &[
     "enforce",
     "diagnostics",
     "lifecycle",
+    "fail_closed",
+    "verifier_budget",
 ];
 
 /// libtest arguments for a test binary in the guests, where TCG makes
@@ -200,6 +202,10 @@ pub fn guest_script(built: &Built) -> String {
     // Where the tests look for the daemon and their client first.
     s.push_str(&format!("export IMDS_MONITOR_BIN={}\n", q(&built.monitor)));
     s.push_str(&format!("export IMDS_CLIENT_BIN={}\n", q(&built.client)));
+    // TCG emulates the guest several times slower than the host: the tests
+    // scale their waits (tests/src/util.rs `time_scale`), and the verifier
+    // budget test its time limit.
+    s.push_str("export IMDS_TEST_TIME_SCALE=8\n");
     s.push_str("fail=0\n");
     s.push_str(
         "step() { name=$1; shift; echo \"--- $name: $*\"; \"$@\"; rc=$?; \
@@ -212,7 +218,10 @@ pub fn guest_script(built: &Built) -> String {
         "ip link add imds0 type dummy && ip link set imds0 up && \
          ip route add 169.254.169.254/32 dev imds0 && ip -6 route add fd00:ec2::254/128 dev imds0\n",
     );
-    s.push_str(&format!("step check {} check\n", q(&built.monitor)));
+    s.push_str(&format!(
+        "step check {} check --verifier\n",
+        q(&built.monitor)
+    ));
     s.push_str("ip link del imds0\n");
     for (name, exe) in &built.tests {
         let mut line = format!("step {name} {}", q(exe));
@@ -367,7 +376,9 @@ not json"#;
             "export IMDS_MONITOR_BIN=/w/target/debug/imds-monitor\n\
              export IMDS_CLIENT_BIN=/w/target/debug/imds-client\n"
         ));
-        assert!(s.contains("\nstep check /w/target/debug/imds-monitor check\nip link del imds0\n"));
+        assert!(s.contains(
+            "\nstep check /w/target/debug/imds-monitor check --verifier\nip link del imds0\n"
+        ));
         assert!(s.contains("\nstep classify /w/target/debug/deps/classify-1\n"));
         assert!(s.contains("\nstep enforce /w/target/debug/deps/enforce-2\n"));
         assert!(s.ends_with("exit $fail\n"));
