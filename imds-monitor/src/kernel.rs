@@ -745,11 +745,13 @@ fn raise_memlock_limit() {
 /// kernels before 6.6, where filters cannot be pinned); returns what went.
 pub fn remove_netlink_filters() -> Vec<String> {
     let mut removed = Vec::new();
-    let Ok(entries) = fs::read_dir("/sys/class/net") else {
+    // The interfaces of this network namespace (/sys/class/net shows the
+    // namespace sysfs was mounted in, which may be another).
+    let Ok(interfaces) = nix::net::if_::if_nameindex() else {
         return removed;
     };
-    for entry in entries.flatten() {
-        let iface = entry.file_name().to_string_lossy().into_owned();
+    for interface in interfaces.iter() {
+        let iface = interface.name().to_string_lossy().into_owned();
         for (name, direction) in [
             (CLASSIFIER, TcAttachType::Egress),
             (RESPONSES, TcAttachType::Ingress),

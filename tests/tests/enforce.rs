@@ -339,11 +339,32 @@ fn enforcement_survives_sigkill_and_a_restart_adopts_it() {
 
 #[test]
 fn persist_keeps_enforcement_until_detach() {
+    persist_until_detach(&[]);
+}
+
+/// The same with clsact filters, which kernels before 6.6 use (no pinnable
+/// links there: the filters themselves stay).
+#[test]
+fn persist_keeps_clsact_enforcement_until_detach() {
+    persist_until_detach(&["--attach", "netlink"]);
+}
+
+/// Whether the run attached with TCX links (`monitor-started`).
+fn stopped_attach_was_tcx(stopped: &Stopped) -> bool {
+    stopped
+        .events
+        .iter()
+        .any(|e| e["event"]["action"] == "monitor-started" && e["imds"]["attach_method"] == "tcx")
+}
+
+fn persist_until_detach(attach: &[&str]) {
     let sb = Sandbox::builder().hop_limit(2).build().expect("sandbox");
     let _cleanup = imds_sandbox::PinsGuard(imds_sandbox::pin_dir(&sb));
     let url = "http://169.254.169.254/latest/meta-data/instance-id";
     let place = Place::service("legacy");
-    let monitor = Monitor::start(&sb, &["--mode", "enforce", "--persist"]).expect("monitor");
+    let mut args = vec!["--mode", "enforce", "--persist"];
+    args.extend(attach);
+    let monitor = Monitor::start(&sb, &args).expect("monitor");
     let stopped = monitor.stop_with(libc::SIGTERM).expect("stop");
     assert!(stopped.status.success(), "{}", stopped.stderr);
     assert_v1_blocked(&sb, &place, url);
@@ -362,14 +383,18 @@ fn persist_keeps_enforcement_until_detach() {
         .expect("detach");
     assert!(out.status.success(), "{out:?}");
     let said = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        said.contains("detached: link") || said.contains("filter imds_classify"),
-        "{out:?}"
-    );
+    let clsact = attach.contains(&"netlink") || !stopped_attach_was_tcx(&stopped);
+    let expected = if clsact {
+        "filter imds_classify on"
+    } else {
+        "link imds_classify"
+    };
+    assert!(said.contains(expected), "{expected:?} in {out:?}");
+    let after = sb.curl(&place, &[url]).unwrap();
     assert_eq!(
-        sb.curl(&place, &[url]).unwrap().status,
+        after.status,
         Some(200),
-        "enforcement gone"
+        "enforcement gone: {after:?}, {said}"
     );
     assert!(!dir.exists());
 }
