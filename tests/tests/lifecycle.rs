@@ -63,7 +63,7 @@ fn tc(sb: &Sandbox, args: &[&str]) -> String {
 
 /// TCX links exist from Linux 6.6 on.
 fn kernel_has_tcx() -> bool {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let mut parts = release
         .trim()
         .split(|c: char| !c.is_ascii_digit())
