@@ -170,6 +170,21 @@ impl CgroupPaths {
     fn walk(&mut self) {
         self.by_id = walk(&self.root).into_iter().collect();
     }
+
+    /// The id of the cgroup at `path` (relative to the mount), remembered.
+    pub fn id_of(&mut self, path: &str) -> Option<u64> {
+        let dir = self.root.join(path.trim_start_matches('/'));
+        let id = fs::metadata(dir).ok()?.ino();
+        let path = if path.is_empty() { "/" } else { path };
+        self.by_id.insert(id, path.to_owned());
+        Some(id)
+    }
+
+    /// Every cgroup now, by id (a walk), for finding containers.
+    pub fn all(&mut self) -> Vec<(u64, String)> {
+        self.walk();
+        self.by_id.iter().map(|(id, p)| (*id, p.clone())).collect()
+    }
 }
 
 #[cfg(test)]

@@ -127,6 +127,27 @@ pub struct RunArgs {
     #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub rotate_keep: u64,
 
+    /// Docker Engine API socket, for container names, images and ECS labels
+    #[arg(long, value_name = "PATH", default_value = "/var/run/docker.sock")]
+    pub docker_socket: PathBuf,
+
+    /// containerd socket (gRPC), for Kubernetes (namespace k8s.io) containers
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "/run/containerd/containerd.sock"
+    )]
+    pub containerd_socket: PathBuf,
+
+    /// CRI-O socket, for Kubernetes containers run by CRI-O
+    #[arg(long, value_name = "PATH", default_value = "/var/run/crio/crio.sock")]
+    pub crio_socket: PathBuf,
+
+    /// Do not ask the container runtimes for metadata (events then carry
+    /// what the cgroup path says: container and pod ids)
+    #[arg(long)]
+    pub no_runtime_metadata: bool,
+
     /// Also attach an empty TC program to the same interfaces, first, as the
     /// benchmark's baseline (cargo xtask bench)
     #[arg(long, hide = true)]

@@ -11,6 +11,7 @@ use crate::{
     cgroups::CgroupPaths,
     event::{KernelOwner, Request},
     processes::{ProcessCache, ProcessInfo},
+    runtime::{self, Resolver},
     workload::{Workload, WorkloadKind},
 };
 
@@ -28,11 +29,22 @@ pub struct Sender {
     pub workload: Workload,
     /// Why attribution is partial; `None` when it is full.
     pub partial: Option<&'static str>,
+    /// For a container: what its runtime told (`imds.enrichment`).
+    pub runtime: Option<runtime::State>,
 }
 
 impl Sender {
     /// `imds.workload.{kind,id}`: the owner's stable key.
     pub fn workload_key(&self) -> Option<(WorkloadKind, &str)> {
+        // What survives a redeploy, once the runtime told it.
+        if let Some((kind, id)) = self
+            .runtime
+            .as_ref()
+            .and_then(runtime::State::meta)
+            .and_then(|m| m.stable_key.as_ref())
+        {
+            return Some((*kind, id));
+        }
         if let Some(key) = self.workload.key() {
             return Some(key);
         }
@@ -55,16 +67,53 @@ pub struct Enricher {
     pub partial_count: u64,
     /// Recent senders by (process, cgroup), shared by events and diagnoses.
     recent: HashMap<(u32, u64), (Rc<Sender>, Instant)>,
+    /// Container metadata from the runtimes.
+    pub runtime: Resolver,
 }
 
 impl Enricher {
-    pub fn new(processes: ProcessCache, cgroups: CgroupPaths) -> Self {
+    pub fn new(processes: ProcessCache, cgroups: CgroupPaths, runtime: Resolver) -> Self {
         Self {
             processes,
             cgroups,
             partial_count: 0,
             recent: HashMap::new(),
+            runtime,
         }
+    }
+
+    /// The container's runtime metadata as known now (starts a lookup the
+    /// first time; never waits).
+    fn container_state(&mut self, sender: &Sender) -> Option<runtime::State> {
+        let id = sender.workload.container_id.as_deref()?;
+        let cgroup = sender.owner.as_ref().map(|o| o.cgroup_id);
+        Some(
+            self.runtime
+                .state(id, sender.workload.container_runtime, cgroup),
+        )
+    }
+
+    /// A container's first process was exec'ed by its runtime (runc, crun):
+    /// learn its cgroup and look it up now, before it sends anything.
+    pub fn container_started(&mut self, tgid: u32) {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{tgid}/cgroup")) else {
+            return;
+        };
+        let Some(path) = text.lines().find_map(|l| l.strip_prefix("0::")) else {
+            return;
+        };
+        self.learn_cgroup(path);
+    }
+
+    /// Looks up the container a cgroup path names, if any, with its cgroup id.
+    pub fn learn_cgroup(&mut self, path: &str) {
+        let workload = Workload::from_cgroup_path(path);
+        let Some(id) = workload.container_id.as_deref() else {
+            return;
+        };
+        let cgroup_id = self.cgroups.id_of(path);
+        self.runtime
+            .state(id, workload.container_runtime, cgroup_id);
     }
 
     pub fn sender(&mut self, request: &Request) -> Rc<Sender> {
@@ -75,6 +124,11 @@ impl Enricher {
                 at.elapsed() < SENDER_TTL && sender.owner.as_ref() == request.owner.as_ref()
             })
             .map(|(sender, _)| Rc::clone(sender));
+        let cached = cached.and_then(|sender| {
+            // Re-resolved once the runtime has answered for its container.
+            let state = self.container_state(&sender);
+            (state == sender.runtime).then_some(sender)
+        });
         let sender = match cached {
             Some(sender) => sender,
             None => {
@@ -141,14 +195,17 @@ impl Enricher {
         if partial.is_none() && cgroup_path.is_none() {
             partial = Some("cgroup_removed");
         }
-        Sender {
+        let mut sender = Sender {
             owner: Some(owner),
             process,
             ancestry,
             cgroup_path,
             workload,
             partial,
-        }
+            runtime: None,
+        };
+        sender.runtime = self.container_state(&sender);
+        sender
     }
 }
 

@@ -20,7 +20,7 @@ use aya::{
     },
     util::KernelVersion,
 };
-use imds_monitor_common::config::Endpoints;
+use imds_monitor_common::config::{Endpoints, ExemptBits};
 use imds_monitor_common::flow::{FlowKey, FlowState};
 
 use crate::{cgroups::Subtree, policy::compile::Compiled, verifier};
@@ -517,6 +517,25 @@ impl Kernel {
             }
         }
         self.set_actions(policy.actions)
+    }
+
+    /// A resolved container's cgroup satisfies the container-kind matchers
+    /// of the exceptions in `bits` (image, Kubernetes, ECS: see
+    /// `policy::compile::runtime_bits`): ORed into its `EXEMPT_CGROUPS`
+    /// entry, beside what the policy load or the mkdir hook wrote.
+    pub fn exempt_container_cgroup(&mut self, cgroup: u64, bits: u64) -> Result<()> {
+        let map = self
+            .ebpf
+            .map_mut("EXEMPT_CGROUPS")
+            .context("EXEMPT_CGROUPS map missing")?;
+        let mut hash: aya::maps::HashMap<_, u64, ExemptBits> = aya::maps::HashMap::try_from(map)?;
+        let mut entry = hash.get(&cgroup, 0).unwrap_or_default();
+        if entry.container_id & bits == bits {
+            return Ok(());
+        }
+        entry.container_id |= bits;
+        hash.insert(cgroup, entry, 0)
+            .context("writing EXEMPT_CGROUPS")
     }
 
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {

@@ -19,6 +19,7 @@ mod policy;
 mod processes;
 mod report;
 mod run;
+mod runtime;
 mod stats;
 mod tick;
 mod verifier;

@@ -19,6 +19,21 @@ const SHIMS: [&str; 5] = [
     "docker-containerd-shim",
     "runc",
 ];
+/// OCI runtimes: what they exec is a container's process.
+const OCI_RUNTIMES: [&str; 4] = ["runc", "crun", "youki", "runsc"];
+
+/// Whether the process is an OCI runtime, or its init: runc re-execs
+/// itself as `/proc/self/exe` (comm `exe`, whose executable may read as
+/// `/` once it is in the container's root) and renames it `runc:[2:INIT]`.
+pub fn is_oci_runtime(p: &ProcessInfo) -> bool {
+    let base = |s: &str| s.rsplit('/').next().unwrap_or(s).to_owned();
+    let exe = p.executable.as_deref().map(base);
+    OCI_RUNTIMES
+        .iter()
+        .any(|r| exe.as_deref() == Some(*r) || p.name.starts_with(r))
+        || p.name == "exe"
+}
+
 /// Entries above which exited ones are swept on the next exit.
 const SWEEP_ABOVE: usize = 65_536;
 
@@ -138,6 +153,11 @@ impl ProcessCache {
     pub fn sweep(&mut self) {
         self.entries
             .retain(|_, e| e.exited.is_none_or(|t| t.elapsed() < KEEP_EXITED));
+    }
+
+    /// The cached process, without reading /proc.
+    pub fn peek(&self, pid: u32) -> Option<&ProcessInfo> {
+        self.entries.get(&pid).map(|e| &e.info)
     }
 
     /// The process, from the cache or else from /proc.

@@ -32,8 +32,14 @@ use crate::{
         traffic,
         writer::{self, Writer},
     },
-    policy::{Mode, compile::compile, model::Policy, parse},
+    policy::{
+        Mode,
+        compile::{compile, runtime_bits},
+        model::Policy,
+        parse,
+    },
     processes::ProcessCache,
+    runtime::{self, Resolver},
     stats,
     tick::Tick,
 };
@@ -181,12 +187,20 @@ async fn run_until_signal(args: RunArgs) -> Result<()> {
         info.mode.as_str()
     );
 
+    let sockets = runtime::Sockets {
+        docker: args.docker_socket.clone(),
+        containerd: args.containerd_socket.clone(),
+        crio: args.crio_socket.clone(),
+    };
+    let (resolver, mut answers) = Resolver::new(sockets, !args.no_runtime_metadata);
     let mut writer = EventWriter {
         names: NameCache::default(),
-        enricher: Enricher::new(processes, CgroupPaths::new(cgroup_root.clone())),
+        enricher: Enricher::new(processes, CgroupPaths::new(cgroup_root.clone()), resolver),
         policy,
         diagnoser: Diagnoser::default(),
     };
+    // The containers running now are looked up at once, in the background.
+    writer.learn_containers();
     let mut sweep = tokio::time::interval(Duration::from_secs(30));
     let mut poll = Tick::every(COALESCE)?;
     let mut summary = tokio::time::interval_at(
@@ -229,6 +243,21 @@ async fn run_until_signal(args: RunArgs) -> Result<()> {
                     Ok(0) => {}
                     Ok(n) => log::debug!("removed {n} idle connections from the flow table"),
                     Err(e) => log::warn!("sweeping the flow table: {e:#}"),
+                }
+                // A container whose start was not seen (see Record::Exec).
+                writer.learn_containers();
+            }
+            Some(answer) = answers.recv() => {
+                // A container's runtime metadata arrived: policy exceptions
+                // on its image, pod or task now cover its cgroups.
+                let id = answer.container_id.clone();
+                if let Some((cgroups, meta)) = writer.enricher.runtime.complete(answer) {
+                    let bits = runtime_bits(&writer.policy, &id, &meta);
+                    for cgroup in cgroups.into_iter().filter(|_| bits != 0) {
+                        if let Err(e) = kernel.exempt_container_cgroup(cgroup, bits) {
+                            log::warn!("container {id}: {e:#}");
+                        }
+                    }
                 }
             }
             _ = summary.tick() => {
@@ -373,7 +402,14 @@ fn reload_policy(
     writer: &mut EventWriter,
 ) -> Result<usize, String> {
     let policy = parse::load(path).map_err(|e| e.to_string())?;
-    let compiled = compile(&policy, mode, cgroup_root).map_err(|e| format!("{e:#}"))?;
+    let mut compiled = compile(&policy, mode, cgroup_root).map_err(|e| format!("{e:#}"))?;
+    // The containers already resolved, under the new exceptions.
+    for (id, cgroups, meta) in writer.enricher.runtime.resolved() {
+        let bits = runtime_bits(&policy, &id, &meta);
+        for cgroup in cgroups.into_iter().filter(|_| bits != 0) {
+            compiled.cgroups.entry(cgroup).or_default().container_id |= bits;
+        }
+    }
     kernel
         .apply_policy(&compiled)
         .map_err(|e| format!("{e:#}"))?;
@@ -449,6 +485,13 @@ impl Output {
 }
 
 impl EventWriter {
+    /// Looks up every container whose cgroup exists and is not known yet.
+    fn learn_containers(&mut self) {
+        for (_, path) in self.enricher.cgroups.all() {
+            self.enricher.learn_cgroup(&path);
+        }
+    }
+
     /// Handles up to [`BATCH`] records; returns how many it handled.
     fn drain(
         &mut self,
@@ -472,8 +515,22 @@ impl EventWriter {
                     continue;
                 }
                 Some(Record::Exec(exec)) => {
-                    self.enricher.forget(exec.tgid);
+                    // The OCI runtime exec'ing a container's process: the
+                    // container is new (or being exec'ed into); look it up
+                    // now, so exceptions on its image cover it soon.
+                    let tgid = exec.tgid;
+                    let before = self.enricher.processes.peek(tgid);
+                    let by_runtime = before.is_some_and(crate::processes::is_oci_runtime);
+                    log::debug!(
+                        "exec {tgid} {} (was {:?})",
+                        exec.filename,
+                        before.map(|p| (&p.name, &p.executable))
+                    );
+                    self.enricher.forget(tgid);
                     self.enricher.processes.on_exec(exec);
+                    if by_runtime {
+                        self.enricher.container_started(tgid);
+                    }
                     continue;
                 }
                 Some(Record::Fork { parent, child }) => {

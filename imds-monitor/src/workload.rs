@@ -13,6 +13,12 @@ pub struct Workload {
 /// `imds.workload.kind`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WorkloadKind {
+    /// `namespace/OwnerKind/owner`, from the runtime's Kubernetes labels.
+    K8sOwner,
+    /// The ECS task definition family, from ECS's container labels.
+    EcsTaskFamily,
+    /// The image repository, from the runtime.
+    Image,
     Pod,
     Container,
     Unit,
@@ -22,6 +28,9 @@ pub enum WorkloadKind {
 impl WorkloadKind {
     pub const fn as_str(self) -> &'static str {
         match self {
+            Self::K8sOwner => "k8s_owner",
+            Self::EcsTaskFamily => "ecs_task_family",
+            Self::Image => "image",
             Self::Pod => "pod",
             Self::Container => "container",
             Self::Unit => "unit",

@@ -34,6 +34,7 @@ pub mod http;
 pub mod mock_imds;
 pub mod monitor;
 pub mod netns;
+pub mod runtimes;
 mod sandbox;
 mod spawn;
 pub mod topology;

@@ -4,6 +4,7 @@
 
 pub mod ecs;
 pub mod queue;
+pub mod runtime_fields;
 pub mod sink;
 pub mod traffic;
 pub mod writer;

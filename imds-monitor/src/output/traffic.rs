@@ -15,7 +15,10 @@ use imds_monitor_common::{
 };
 use serde::{Serialize, Serializer};
 
-use super::ecs::{ECS_VERSION, RunInfo};
+use super::{
+    ecs::{ECS_VERSION, RunInfo},
+    runtime_fields,
+};
 use crate::{
     diagnose::Finding,
     enrich::Sender,
@@ -182,7 +185,7 @@ struct Doc<'a, I: Serialize> {
     #[serde(skip_serializing_if = "Option::is_none")]
     observer: Option<Observer<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    orchestrator: Option<Orchestrator<'a>>,
+    orchestrator: Option<runtime_fields::Orchestrator<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     process: Option<Process<'a>>,
     source: Endpoint,
@@ -208,6 +211,7 @@ impl<'a, I: Serialize> Doc<'a, I> {
             container: workload.container_id.as_deref().map(|id| Container {
                 id,
                 runtime: workload.container_runtime,
+                meta: runtime_fields::container(sender),
             }),
             destination: Endpoint::of(req.destination),
             ecs: Ecs {
@@ -248,10 +252,7 @@ impl<'a, I: Serialize> Doc<'a, I> {
                 },
             },
             observer: None,
-            orchestrator: workload.pod_uid.as_deref().map(|id| Orchestrator {
-                resource: Resource { id, kind: "pod" },
-                kind: "kubernetes",
-            }),
+            orchestrator: runtime_fields::orchestrator(sender),
             process: sender.process.as_ref().map(|p| Process::of(p, sender)),
             source: Endpoint::of(req.source),
             url: (!req.path.is_empty()).then_some(Url { path: &req.path }),
@@ -367,20 +368,8 @@ struct Container<'a> {
     id: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     runtime: Option<&'static str>,
-}
-
-#[derive(Serialize)]
-struct Orchestrator<'a> {
-    resource: Resource<'a>,
-    #[serde(rename = "type")]
-    kind: &'static str,
-}
-
-#[derive(Serialize)]
-struct Resource<'a> {
-    id: &'a str,
-    #[serde(rename = "type")]
-    kind: &'static str,
+    #[serde(flatten)]
+    meta: runtime_fields::ContainerFields<'a>,
 }
 
 /// ECS `process.*`.
@@ -521,6 +510,8 @@ struct SenderImds<'a> {
     systemd_unit: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     workload: Option<WorkloadId<'a>>,
+    #[serde(flatten)]
+    runtime: runtime_fields::ImdsFields<'a>,
 }
 
 impl<'a> SenderImds<'a> {
@@ -544,6 +535,7 @@ impl<'a> SenderImds<'a> {
                 id,
                 kind: kind.as_str(),
             }),
+            runtime: runtime_fields::imds(sender),
         }
     }
 }
@@ -791,6 +783,7 @@ mod tests {
             workload: Workload::from_cgroup_path(&path),
             cgroup_path: Some(path.clone()),
             partial: None,
+            runtime: None,
         };
         let req = request_of(RequestClass::V1Get, "GET", "/");
         let doc = doc_of(&req, &sender, Mode::Alert);

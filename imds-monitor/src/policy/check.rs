@@ -63,11 +63,54 @@ pub enum PolicyCommand {
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
+    /// Write a policy that drops IMDSv1 for all but the workloads seen using
+    /// it in the events, one exception each by its most stable identity
+    #[command(after_help = SUGGEST_HELP)]
+    Suggest {
+        /// Event files written by `imds-monitor run` (plain, rotated or gzipped)
+        #[arg(value_name = "FILE", required = true)]
+        files: Vec<PathBuf>,
+        /// Write the policy here instead of stdout
+        #[arg(short, long, value_name = "POLICY")]
+        output: Option<PathBuf>,
+    },
 }
+
+const SUGGEST_HELP: &str = "\
+Each exception names its workload by what survives a redeploy: Kubernetes
+namespace and owner (k8s_namespace, k8s_owner), ECS task family, image
+repository, systemd unit, executable; a container id only when its runtime
+could not be asked. A comment says how many IMDSv1 requests it made, when,
+and to which paths.
+
+Examples:
+  imds-monitor policy suggest /var/log/imds-monitor/events.json* -o policy.toml
+  imds-monitor policy check policy.toml
+  sudo imds-monitor run --mode enforce --policy policy.toml
+  imds-monitor report --policy policy.toml /var/log/imds-monitor/events.json*";
 
 pub fn main(args: PolicyArgs) -> ExitCode {
     match args.command {
         PolicyCommand::Check { file } => check(&file),
+        PolicyCommand::Suggest { files, output } => match crate::report::ratchet::suggest(&files) {
+            Ok(text) => {
+                let written = match &output {
+                    Some(path) => std::fs::write(path, &text),
+                    None => io::stdout().lock().write_all(text.as_bytes()),
+                };
+                match written {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("imds-monitor policy suggest: cannot write: {e}");
+                        ExitCode::from(EXIT_UNREADABLE)
+                    }
+                }
+            }
+            Err(e) => {
+                eprintln!("imds-monitor policy suggest: {e}");
+                ExitCode::from(EXIT_UNREADABLE)
+            }
+        },
     }
 }
 

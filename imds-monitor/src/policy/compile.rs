@@ -20,7 +20,7 @@ use super::{
     decide::WorkloadFacts,
     model::{Action, Matcher, Policy},
 };
-use crate::{cgroups, workload::Workload};
+use crate::{cgroups, runtime::ContainerMeta, workload::Workload};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Compiled {
@@ -109,6 +109,7 @@ pub fn compile(policy: &Policy, mode: Mode, cgroup_root: &Path) -> Result<Compil
                     container_id: w.container_id.as_deref(),
                     systemd_unit: w.systemd_unit.as_deref(),
                     executable: None,
+                    container: None,
                 },
             )
         })
@@ -131,7 +132,20 @@ pub fn compile(policy: &Policy, mode: Mode, cgroup_root: &Path) -> Result<Compil
     for (i, exception) in policy.exceptions.iter().enumerate() {
         let bit = 1u64 << i;
         c.needs[needs::DEFINED as usize] |= bit;
+        // Matchers on what the runtime tells (image, Kubernetes, ECS) are
+        // the container kind's: the daemon sets the bit on a container's
+        // cgroup once it has resolved it and all of them (and a
+        // container_id beside them) match (`runtime_bits`).
+        if exception.matchers.iter().any(Matcher::is_runtime) {
+            c.needs[needs::CONTAINER_ID as usize] |= bit;
+        }
         for matcher in &exception.matchers {
+            if matcher.is_runtime()
+                || (matches!(matcher, Matcher::ContainerId(_))
+                    && exception.matchers.iter().any(Matcher::is_runtime))
+            {
+                continue;
+            }
             match matcher {
                 Matcher::CgroupPrefix(prefix) => {
                     c.needs[needs::CGROUP_PREFIX as usize] |= bit;
@@ -169,6 +183,10 @@ pub fn compile(policy: &Policy, mode: Mode, cgroup_root: &Path) -> Result<Compil
                         }
                     }
                 }
+                Matcher::Image(_)
+                | Matcher::K8sNamespace(_)
+                | Matcher::K8sOwner(_)
+                | Matcher::EcsTaskFamily(_) => {}
                 Matcher::Executable(exe) => {
                     c.needs[needs::EXECUTABLE as usize] |= bit;
                     let names = executable_aliases(exe);
@@ -191,6 +209,33 @@ pub fn compile(policy: &Policy, mode: Mode, cgroup_root: &Path) -> Result<Compil
         }
     }
     Ok(c)
+}
+
+/// The exceptions (bits) a resolved container satisfies through its runtime
+/// matchers: all of the exception's container-kind matchers (the runtime
+/// ones and a `container_id`) match. Written on the container's cgroups as
+/// `container_id` bits, beside what `compile` wrote.
+pub fn runtime_bits(policy: &Policy, container_id: &str, meta: &ContainerMeta) -> u64 {
+    let facts = WorkloadFacts {
+        container_id: Some(container_id),
+        container: Some(meta),
+        ..WorkloadFacts::default()
+    };
+    let mut bits = 0;
+    for (i, exception) in policy.exceptions.iter().enumerate().take(MAX_EXCEPTIONS) {
+        if !exception.matchers.iter().any(Matcher::is_runtime) {
+            continue;
+        }
+        let all = exception
+            .matchers
+            .iter()
+            .filter(|m| m.is_runtime() || matches!(m, Matcher::ContainerId(_)))
+            .all(|m| m.matches(&facts));
+        if all {
+            bits |= 1 << i;
+        }
+    }
+    bits
 }
 
 #[cfg(test)]
@@ -250,5 +295,56 @@ executable = "/usr/bin/true"
         let alert = compile(&policy, Mode::Alert, &root).unwrap();
         assert!(alert.actions.iter().all(|a| *a == action::PASS));
         fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn runtime_matchers_are_the_container_kind_set_by_the_daemon() {
+        use crate::runtime::{Image, Kubernetes};
+        let policy = parse(
+            r#"
+[[exception]]
+name = "payments"
+k8s_namespace = "shop"
+k8s_owner = "Deployment/payments"
+
+[[exception]]
+name = "api-image"
+image = "docker.io/library/payments-api:1.4"
+container_id = "4f9c1a2b3c4d"
+
+[[exception]]
+name = "by-id"
+container_id = "4f9c1a2b3c4d"
+"#,
+        )
+        .unwrap();
+        let root = std::env::temp_dir().join(format!("imds-compile-rt-{}", std::process::id()));
+        fs::create_dir_all(&root).unwrap();
+        let c = compile(&policy, Mode::Enforce, &root).unwrap();
+        fs::remove_dir_all(&root).unwrap();
+        assert_eq!(c.needs[needs::CONTAINER_ID as usize], 0b111);
+        // Only the plain container_id exception is matched by the kernel's
+        // mkdir hook; the one beside an image waits for the daemon.
+        assert_eq!(c.containers[b"4f9c1a2b3c4d"].container_id, 0b100);
+        let meta = ContainerMeta {
+            image: Some(Image::parse("payments-api:1.4")),
+            kubernetes: Some(Kubernetes {
+                namespace: "shop".into(),
+                pod_name: "payments-7d9f8b6c5-x2x4q".into(),
+                owner_kind: "Deployment".into(),
+                owner_name: "payments".into(),
+                ..Kubernetes::default()
+            }),
+            ..ContainerMeta::default()
+        };
+        let id = "4f9c1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7";
+        assert_eq!(runtime_bits(&policy, id, &meta), 0b011);
+        let other = "aaaa1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7";
+        assert_eq!(runtime_bits(&policy, other, &meta), 0b001);
+        let redeployed = ContainerMeta {
+            image: Some(Image::parse("payments-api:1.5")),
+            ..meta.clone()
+        };
+        assert_eq!(runtime_bits(&policy, id, &redeployed), 0b001);
     }
 }

@@ -6,6 +6,7 @@ use std::fmt;
 use imds_monitor_common::class::RequestClass;
 
 use super::model::{Action, Matcher, Origin, Policy};
+use crate::runtime::{ContainerMeta, Image};
 
 /// What is known about a request's sender; `None` when attribution could not
 /// tell (a matcher on an unknown fact does not match).
@@ -16,6 +17,8 @@ pub struct WorkloadFacts<'a> {
     pub container_id: Option<&'a str>,
     pub systemd_unit: Option<&'a str>,
     pub executable: Option<&'a str>,
+    /// What the container runtime told about the sender's container.
+    pub container: Option<&'a ContainerMeta>,
 }
 
 /// Which rule decided; events carry it as `imds.policy.rule`.
@@ -94,8 +97,41 @@ impl Matcher {
             }),
             Self::SystemdUnit(unit) => facts.systemd_unit == Some(unit.as_str()),
             Self::Executable(exe) => facts.executable == Some(exe.as_str()),
+            Self::Image(reference) => facts
+                .container
+                .and_then(|c| c.image.as_ref())
+                .is_some_and(|have| image_matches(reference, have)),
+            Self::K8sNamespace(namespace) => facts
+                .container
+                .and_then(|c| c.kubernetes.as_ref())
+                .is_some_and(|k| &k.namespace == namespace),
+            Self::K8sOwner(owner) => facts
+                .container
+                .and_then(|c| c.kubernetes.as_ref())
+                .is_some_and(|k| match owner.split_once('/') {
+                    Some((kind, name)) => {
+                        k.owner_kind.eq_ignore_ascii_case(kind) && k.owner_name == name
+                    }
+                    None => &k.owner_name == owner,
+                }),
+            Self::EcsTaskFamily(family) => facts
+                .container
+                .and_then(|c| c.ecs.as_ref())
+                .is_some_and(|e| &e.task_family == family),
         }
     }
+}
+
+/// `repo` matches every tag and digest of it; `repo:tag` that tag;
+/// `repo@digest` an image with that digest (repo digest or image id).
+fn image_matches(reference: &str, have: &Image) -> bool {
+    let want = Image::parse(reference);
+    want.name == have.name
+        && want
+            .tag
+            .as_ref()
+            .is_none_or(|t| have.tag.as_ref() == Some(t))
+        && want.digests.iter().all(|d| have.digests.contains(d))
 }
 
 /// Whole components only: `/a/b` is a prefix of `/a/b` and `/a/b/c`, not of `/a/bc`.

@@ -170,6 +170,7 @@ fn facts<'a>(
         container_id,
         systemd_unit,
         executable,
+        container: None,
     }
 }
 

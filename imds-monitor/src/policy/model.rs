@@ -62,6 +62,15 @@ pub enum Matcher {
     SystemdUnit(String),
     /// The absolute, canonical path of the program.
     Executable(String),
+    /// `repository[:tag][@digest]` of a container's image, as its runtime
+    /// names it (Docker Hub's `docker.io/library/` left out).
+    Image(String),
+    /// A Kubernetes pod's namespace (the runtime's kubelet labels).
+    K8sNamespace(String),
+    /// A Kubernetes pod's controller: `Kind/name` or `name`.
+    K8sOwner(String),
+    /// An ECS task definition family (ECS agent's container labels).
+    EcsTaskFamily(String),
 }
 
 impl Matcher {
@@ -72,7 +81,20 @@ impl Matcher {
             Self::ContainerId(_) => "container_id",
             Self::SystemdUnit(_) => "systemd_unit",
             Self::Executable(_) => "executable",
+            Self::Image(_) => "image",
+            Self::K8sNamespace(_) => "k8s_namespace",
+            Self::K8sOwner(_) => "k8s_owner",
+            Self::EcsTaskFamily(_) => "ecs_task_family",
         }
+    }
+
+    /// Matched against what the container runtime tells about a container:
+    /// the daemon resolves these to cgroup ids (see `compile::runtime_bits`).
+    pub const fn is_runtime(&self) -> bool {
+        matches!(
+            self,
+            Self::Image(_) | Self::K8sNamespace(_) | Self::K8sOwner(_) | Self::EcsTaskFamily(_)
+        )
     }
 
     pub fn value(&self) -> &str {
@@ -80,7 +102,11 @@ impl Matcher {
             Self::CgroupPrefix(v)
             | Self::ContainerId(v)
             | Self::SystemdUnit(v)
-            | Self::Executable(v) => v,
+            | Self::Executable(v)
+            | Self::Image(v)
+            | Self::K8sNamespace(v)
+            | Self::K8sOwner(v)
+            | Self::EcsTaskFamily(v) => v,
         }
     }
 }

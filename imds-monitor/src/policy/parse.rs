@@ -87,6 +87,10 @@ struct RawException {
     container_id: Option<Spanned<String>>,
     systemd_unit: Option<Spanned<String>>,
     executable: Option<Spanned<String>>,
+    image: Option<Spanned<String>>,
+    k8s_namespace: Option<Spanned<String>>,
+    k8s_owner: Option<Spanned<String>>,
+    ecs_task_family: Option<Spanned<String>>,
     action: Option<Spanned<String>>,
 }
 
@@ -173,6 +177,10 @@ pub fn parse(text: &str) -> Result<Policy, PolicyError> {
             (raw.container_id, container_id),
             (raw.systemd_unit, systemd_unit),
             (raw.executable, executable),
+            (raw.image, image),
+            (raw.k8s_namespace, k8s_namespace),
+            (raw.k8s_owner, k8s_owner),
+            (raw.ecs_task_family, ecs_task_family),
         ]
         .into_iter()
         .filter_map(|(value, check)| Some((value?, check)))
@@ -187,7 +195,8 @@ pub fn parse(text: &str) -> Result<Policy, PolicyError> {
                 line: Some(line),
                 reason: format!(
                     "exception `{name}` has no matcher; give one or more of cgroup_prefix, \
-                     container_id, systemd_unit, executable"
+                     container_id, systemd_unit, executable, image, k8s_namespace, k8s_owner, \
+                     ecs_task_family"
                 ),
             });
         }
@@ -319,4 +328,112 @@ fn systemd_unit(unit: &str) -> Result<Matcher, String> {
 fn executable(path: &str) -> Result<Matcher, String> {
     components("executable", path, false)?;
     Ok(Matcher::Executable(path.to_owned()))
+}
+
+fn image(reference: &str) -> Result<Matcher, String> {
+    let parsed = crate::runtime::Image::parse(reference);
+    let repo_ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-/:".contains(c);
+    let digest_ok = parsed.digests.iter().all(|d| {
+        d.split_once(':').is_some_and(|(algo, hex)| {
+            !algo.is_empty() && hex.len() >= 32 && hex.bytes().all(|b| b.is_ascii_hexdigit())
+        })
+    });
+    let tag_ok = parsed.tag.as_deref().is_none_or(|t| {
+        !t.is_empty()
+            && t.len() <= 128
+            && t.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+    });
+    if parsed.name.is_empty() || !parsed.name.chars().all(repo_ok) || !tag_ok || !digest_ok {
+        return Err(format!(
+            "image `{reference}` must be a repository with an optional tag or digest, as in \
+             `container.image.name`: `payments-api`, `registry.example/shop/api:1.4`, \
+             `api@sha256:<64 hex>` (repositories are lower case)"
+        ));
+    }
+    // Stored as the events name it, so `docker.io/library/nginx` is `nginx`.
+    let mut normal = parsed.name;
+    if let Some(tag) = parsed.tag {
+        normal = format!("{normal}:{tag}");
+    }
+    if let Some(digest) = parsed.digests.first() {
+        normal = format!("{normal}@{digest}");
+    }
+    Ok(Matcher::Image(normal))
+}
+
+/// A DNS label (RFC 1123), as Kubernetes names namespaces.
+fn dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn k8s_namespace(namespace: &str) -> Result<Matcher, String> {
+    if !dns_label(namespace) {
+        return Err(format!(
+            "k8s_namespace `{namespace}` must be a Kubernetes namespace name (lower case letters, \
+             digits and `-`, at most 63)"
+        ));
+    }
+    Ok(Matcher::K8sNamespace(namespace.to_owned()))
+}
+
+fn k8s_owner(owner: &str) -> Result<Matcher, String> {
+    const KINDS: [&str; 6] = [
+        "Deployment",
+        "StatefulSet",
+        "DaemonSet",
+        "Job",
+        "CronJob",
+        "Pod",
+    ];
+    let (kind, name) = match owner.split_once('/') {
+        Some((kind, name)) => (Some(kind), name),
+        None => (None, owner),
+    };
+    let name_ok = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+    let kind = match kind {
+        None => None,
+        Some(kind) => match KINDS.iter().find(|k| k.eq_ignore_ascii_case(kind)) {
+            Some(k) => Some(*k),
+            None => {
+                return Err(format!(
+                    "k8s_owner `{owner}`: unknown kind `{kind}`; use one of {} (or the name alone)",
+                    KINDS.join(", ")
+                ));
+            }
+        },
+    };
+    if !name_ok {
+        return Err(format!(
+            "k8s_owner `{owner}` must be `Kind/name` or `name`, as in `Deployment/payments`"
+        ));
+    }
+    Ok(Matcher::K8sOwner(match kind {
+        Some(kind) => format!("{kind}/{name}"),
+        None => name.to_owned(),
+    }))
+}
+
+fn ecs_task_family(family: &str) -> Result<Matcher, String> {
+    let ok = !family.is_empty()
+        && family.len() <= 255
+        && family
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !ok {
+        return Err(format!(
+            "ecs_task_family `{family}` must be an ECS task definition family (letters, digits, \
+             `-` and `_`, at most 255)"
+        ));
+    }
+    Ok(Matcher::EcsTaskFamily(family.to_owned()))
 }

@@ -7,6 +7,7 @@
 mod input;
 mod model;
 mod parse;
+pub mod ratchet;
 mod render;
 #[cfg(test)]
 mod tests;
@@ -83,6 +84,16 @@ pub struct ReportArgs {
     /// IMDSv1 paths to list per workload, most requested first
     #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub top: u64,
+
+    /// A policy (e.g. from `imds-monitor policy suggest`): after the report,
+    /// its burn-down: which exceptions are still used, which can go
+    #[arg(long, value_name = "POLICY")]
+    pub policy: Option<PathBuf>,
+
+    /// With --policy: an exception with no IMDSv1 request for this long
+    /// before the newest event can go
+    #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub unused_for: Duration,
 }
 
 fn fail(message: impl std::fmt::Display) -> ExitCode {
@@ -121,7 +132,7 @@ pub fn main(args: ReportArgs) -> ExitCode {
         }
         vec![Input::Stdin]
     } else {
-        args.files.into_iter().map(Input::from_arg).collect()
+        args.files.iter().cloned().map(Input::from_arg).collect()
     };
     let log = match read_all(&inputs) {
         Ok(log) => log,
@@ -145,10 +156,28 @@ pub fn main(args: ReportArgs) -> ExitCode {
             names.join(", ")
         ));
     };
-    let text = match args.format {
+    let mut text = match args.format {
         Format::Table => render::table(&report),
         Format::Json => render::json(&report),
     };
+    if let Some(path) = &args.policy {
+        let policy = match crate::policy::parse::load(path) {
+            Ok(policy) => policy,
+            Err(err) => return fail(err),
+        };
+        let files: Vec<PathBuf> = inputs
+            .iter()
+            .filter_map(|i| match i {
+                Input::File(path) => Some(path.clone()),
+                Input::Stdin => None,
+            })
+            .collect();
+        match ratchet::burn_down(&policy, path, &files, args.unused_for) {
+            Ok(burn) if args.format == Format::Table => text.push_str(&burn),
+            Ok(_) => {}
+            Err(err) => return fail(err),
+        }
+    }
     // `report ... | head` closes the pipe early; that is not an error.
     match io::stdout().lock().write_all(text.as_bytes()) {
         Err(err) if err.kind() != io::ErrorKind::BrokenPipe => {

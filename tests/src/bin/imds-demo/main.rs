@@ -21,6 +21,7 @@
 //! runs inside the sandbox, whose namespaces are linked only to each other.
 
 mod narrate;
+mod ratchet;
 mod rollout;
 mod table;
 mod workloads;
@@ -161,6 +162,10 @@ const STEPS: &[Step] = &[
     Step {
         title: "Enforce mode, 3: IMDSv1 dropped in the kernel, the exception alerted",
         run: Demo::enforce,
+    },
+    Step {
+        title: "The ratchet, with real Docker: suggest, enforce, redeploy, burn down",
+        run: Demo::ratchet,
     },
     Step {
         title: "What this tells you",
