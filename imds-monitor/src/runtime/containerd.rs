@@ -194,20 +194,3 @@ async fn meta(channel: &Channel, namespace: &str, container: Container) -> Conta
     }
     ContainerMeta::from_labels(None, image, &container.labels, sandbox.as_ref())
 }
-
-#[cfg(test)]
-mod tests {
-    /// Against a running containerd: `IMDS_TEST_CONTAINERD=SOCKET ID`.
-    #[test]
-    #[ignore = "needs a containerd"]
-    fn live() {
-        let spec = std::env::var("IMDS_TEST_CONTAINERD").unwrap();
-        let (socket, id) = spec.split_once(' ').unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let got = rt.block_on(super::lookup(std::path::Path::new(socket), id));
-        eprintln!("{got:?}");
-    }
-}
