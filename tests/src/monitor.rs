@@ -287,7 +287,7 @@ impl Monitor {
     /// SIGINT (or `signal`), then waits up to 10 s for a clean exit.
     pub fn stop_with(mut self, signal: libc::c_int) -> Result<Stopped> {
         self.signal(signal)?;
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(10) * crate::util::time_scale();
         let status = loop {
             if let Some(status) = self.child.try_wait()? {
                 break status;

@@ -168,7 +168,7 @@ fn output_file_rotates_and_sighup_reopens_it() {
             .collect()
     };
     let wait_lines = |p: &std::path::Path, pred: &dyn Fn(&[Value]) -> bool| {
-        for _ in 0..100 {
+        for _ in 0..100 * imds_sandbox::time_scale() {
             if pred(&read(p)) {
                 return;
             }
