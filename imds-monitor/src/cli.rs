@@ -56,6 +56,13 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
+    /// Read options from a TOML file (the packages install
+    /// /etc/imds-monitor/config.toml): each key a long option below, e.g.
+    /// `mode = "alert"`, `output = "/var/log/imds-monitor/events.json"`,
+    /// `iface = ["ens5"]`. Options on the command line win
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
     /// Interface to watch (repeatable). Default: the interfaces that route to
     /// the endpoints; forwarded container traffic leaves through them too.
     #[arg(long = "iface", value_name = "NAME")]

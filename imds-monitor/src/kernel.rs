@@ -89,8 +89,6 @@ const PINNED_MAPS: [&str; 14] = [
     "PENDING_EXECS",
 ];
 
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-
 /// Where enforce mode pins maps and links (`--pin-dir`, in bpffs).
 #[derive(Clone, Debug)]
 pub struct Pins {
@@ -104,8 +102,8 @@ impl Pins {
         // Daemons starting together must not each mount bpffs: a second
         // mount would hide the first one's pins.
         let _guard = mount_lock()?;
-        let is_bpffs =
-            nix::sys::statfs::statfs(parent).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC);
+        let is_bpffs = nix::sys::statfs::statfs(parent)
+            .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC);
         if !is_bpffs {
             fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
             nix::mount::mount(

@@ -8,6 +8,7 @@ mod cgroups;
 mod check;
 mod cli;
 mod clock;
+mod config_file;
 mod diagnose;
 mod endpoints;
 mod enrich;
@@ -35,7 +36,7 @@ fn main() -> ExitCode {
         .init();
     let cli = cli::Cli::parse();
     let result = match cli.command {
-        cli::Command::Run(args) => run::run(args),
+        cli::Command::Run(args) => config_file::resolve(args).and_then(run::run),
         cli::Command::Detach(args) => run::detach(&args.pin_dir),
         // These choose their own exit codes (documented in their --help).
         cli::Command::Report(args) => return report::main(args),

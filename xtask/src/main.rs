@@ -1,6 +1,7 @@
 //! Developer tasks of imds-monitor, run as `cargo xtask <task>`.
 
 mod cmd;
+mod dist;
 mod run;
 mod setup;
 mod test;
@@ -144,6 +145,16 @@ Examples:
   cargo xtask run --not-ec2          the demo, even on EC2
   cargo xtask run --ec2 -- --help    imds-monitor run --help, anywhere")]
     Run(run::RunArgs),
+
+    /// Static musl binaries (x86_64, aarch64), .deb, .rpm and an OCI image into target/dist/.
+    #[command(after_help = "\
+Needs cargo-deb and cargo-generate-rpm (`cargo install cargo-deb
+cargo-generate-rpm`) for the packages; rustup targets are added when missing.
+
+Examples:
+  cargo xtask dist
+  cargo xtask dist --arch x86_64 --binaries-only")]
+    Dist(dist::DistArgs),
 }
 
 fn main() -> ExitCode {
@@ -156,6 +167,7 @@ fn main() -> ExitCode {
         Task::Demo(args) => run::demo(args),
         Task::Bench(args) => run::bench(args),
         Task::Run(args) => run::run(args),
+        Task::Dist(args) => dist::dist(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
