@@ -49,6 +49,34 @@ pub struct DistArgs {
     pub test: bool,
 }
 
+/// `cargo` arguments that run the tests of the artifacts, which plain
+/// `cargo test` leaves out (ignored) because they need what dist builds.
+pub const ARTIFACT_TESTS: &[&str] = &[
+    "test",
+    "-p",
+    "imds-sandbox",
+    "--test",
+    "dist",
+    "--test",
+    "packaging",
+    "--test",
+    "kubernetes",
+    "--",
+    "--ignored",
+];
+
+impl DistArgs {
+    /// Both architectures, packages and the image.
+    pub fn everything() -> Self {
+        Self {
+            arch: vec![Arch::X86_64, Arch::Aarch64],
+            binaries_only: false,
+            no_image: false,
+            test: false,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Arch {
     #[value(name = "x86_64")]
@@ -98,7 +126,64 @@ pub fn dist_dir() -> PathBuf {
     cmd::workspace_root().join("target").join("dist")
 }
 
+/// Cargo tools the packages are built with, at the versions tested.
+const CARGO_TOOLS: &[(&str, &str, &str)] = &[
+    ("cargo-deb", "3.8.0", "cargo-deb"),
+    ("cargo-generate-rpm", "0.21.1", "cargo-generate-rpm"),
+];
+/// Debian packages the artifact tests use (rpm to read the .rpm, qemu-user
+/// to run the aarch64 binary, skopeo to read the image, systemd-analyze,
+/// file).
+const APT_TOOLS: &[(&str, &str)] = &[
+    ("rpm", "rpm"),
+    ("qemu-aarch64-static", "qemu-user-static"),
+    ("skopeo", "skopeo"),
+    ("systemd-analyze", "systemd"),
+    ("file", "file"),
+];
+
+/// Installs what building and testing the artifacts need, when missing.
+fn ensure_tools(packages: bool) -> anyhow::Result<()> {
+    if packages {
+        let bin = crate::setup::cargo_home().join("bin");
+        for (binary, version, krate) in CARGO_TOOLS {
+            if !bin.join(binary).is_file() {
+                cmd::run(Command::new("cargo").args([
+                    "install",
+                    "--locked",
+                    "--version",
+                    version,
+                    krate,
+                ]))
+                .with_context(|| format!("installing {krate} {version}"))?;
+            }
+        }
+    }
+    let missing: Vec<&str> = APT_TOOLS
+        .iter()
+        .filter(|(binary, _)| !on_path(binary))
+        .map(|(_, package)| *package)
+        .collect();
+    if !missing.is_empty() && cmd::is_root() {
+        cmd::run(Command::new("apt-get").args(["update", "-q"]))?;
+        cmd::run(
+            Command::new("apt-get")
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .args(["install", "-y", "--no-install-recommends"])
+                .args(&missing),
+        )?;
+    }
+    Ok(())
+}
+
+/// Whether `program` is an executable file in a directory of `$PATH`.
+fn on_path(program: &str) -> bool {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path).any(|dir| dir.join(program).is_file())
+}
+
 pub fn dist(args: &DistArgs) -> anyhow::Result<()> {
+    ensure_tools(!args.binaries_only)?;
     let dir = dist_dir();
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut arches = args.arch.clone();
@@ -134,19 +219,7 @@ pub fn dist(args: &DistArgs) -> anyhow::Result<()> {
     }
     if args.test {
         let mut test = cmd::cargo();
-        test.args([
-            "test",
-            "-p",
-            "imds-sandbox",
-            "--test",
-            "dist",
-            "--test",
-            "packaging",
-            "--test",
-            "kubernetes",
-            "--",
-            "--ignored",
-        ]);
+        test.args(ARTIFACT_TESTS);
         cmd::run(&mut test)?;
     }
     Ok(())

@@ -64,6 +64,9 @@ Runs every step even when one fails, then prints a summary and, last, a line
 binaries. Fails if any step failed or if no test was executed.
 The integration tests create network namespaces: run as root.
 
+Then `cargo xtask dist` builds the static binaries, packages and OCI image and
+the tests of those artifacts run (--no-dist skips both).
+
 The kernel matrix (see `cargo xtask kernels --help`) then boots Debian's 5.10,
 6.1 and 6.12 cloud kernels under qemu, one after another, and runs in each
 `imds-monitor check` and the integration test binaries classify, attribution,

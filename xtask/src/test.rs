@@ -21,6 +21,11 @@ pub struct TestArgs {
     #[arg(long, conflicts_with = "kernels")]
     pub no_kernels: bool,
 
+    /// Skip `cargo xtask dist` and the tests of what it builds (static
+    /// binaries, packages, the OCI image).
+    #[arg(long)]
+    pub no_dist: bool,
+
     /// Kernel lines of the matrix: comma-separated 5.10, 6.1, 6.12, or all.
     #[arg(long, value_name = "LIST", default_value = "all")]
     pub kernels: String,
@@ -72,6 +77,14 @@ impl Tally {
         if found {
             self.results += 1;
         }
+    }
+
+    /// Adds another run's counts.
+    pub fn add(&mut self, other: &Tally) {
+        self.passed += other.passed;
+        self.failed += other.failed;
+        self.ignored += other.ignored;
+        self.results += other.results;
     }
 
     pub fn executed(&self) -> u64 {
@@ -150,6 +163,31 @@ pub fn test(args: &TestArgs) -> anyhow::Result<()> {
         .args(&args.cargo_test_args);
     let (step, mut tally) = run_tests(&mut test);
     steps.push(step);
+
+    // What users install: the static binaries, packages and image, and the
+    // tests that need them (ignored by plain `cargo test`).
+    if args.no_dist {
+        println!("== dist: skipped (--no-dist) ==");
+    } else {
+        println!("== dist ==");
+        match crate::dist::dist(&crate::dist::DistArgs::everything()) {
+            Ok(()) => {
+                steps.push(Step {
+                    name: "cargo xtask dist".into(),
+                    outcome: Ok(String::new()),
+                });
+                let mut artifacts = cmd::cargo();
+                artifacts.args(crate::dist::ARTIFACT_TESTS);
+                let (step, dist_tally) = run_tests(&mut artifacts);
+                steps.push(step);
+                tally.add(&dist_tally);
+            }
+            Err(e) => steps.push(Step {
+                name: "cargo xtask dist".into(),
+                outcome: Err(format!("{e:#}")),
+            }),
+        }
+    }
 
     // The same binaries, in VMs of the kernels EC2 hosts run.
     let mut kernels = Vec::new();
