@@ -27,6 +27,7 @@
 //! Requirements: root, a mounted cgroup2 file system, Linux 5.14+
 //! (`cgroup.kill`), and `ip` (iproute2), `nft` and `curl` on `PATH`.
 
+pub mod artifacts;
 pub mod bpf_run;
 pub mod cgroup;
 pub mod client;

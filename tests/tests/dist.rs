@@ -12,20 +12,8 @@ use std::{
     process::{Command, Output},
 };
 
+use imds_sandbox::artifacts::{dist_dir, text, workspace};
 use serde_json::{Value, json};
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
-
-fn dist_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| workspace().join("target"), PathBuf::from)
-        .join("dist")
-}
 
 /// The dist binary for `arch`, or `None` after saying why the test is skipped.
 fn dist_binary(arch: &str) -> Option<PathBuf> {
@@ -39,15 +27,6 @@ fn dist_binary(arch: &str) -> Option<PathBuf> {
         );
         None
     }
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// `file -b` on `bin`: static, for `machine`.

@@ -11,32 +11,13 @@ use std::{
     process::{Command, Output},
 };
 
+use imds_sandbox::artifacts::{target_dir, text, workspace};
 use serde_json::Value;
 
 /// The validator and the Kubernetes versions it checks against: the newest
 /// it knows and the oldest EKS still supports.
 const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
 const VERSIONS: &[&str] = &["1.37.0", "1.30.0"];
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
-
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace().join("target"), PathBuf::from)
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 /// target/k8s-venv with kubernetes-validate (and PyYAML, its dependency),
 /// created on first use (a few seconds from PyPI).

@@ -8,6 +8,7 @@
 //! Tests of a package that is absent say so and pass: `cargo xtask dist`
 //! builds them (a cargo build cannot be started from inside `cargo test`).
 
+use imds_sandbox::artifacts::{dist_dir, text, workspace};
 use std::{
     collections::BTreeSet,
     fs,
@@ -17,30 +18,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
-
-fn dist_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| workspace().join("target"), PathBuf::from)
-        .join("dist")
-}
-
 fn packaging(name: &str) -> String {
     fs::read_to_string(workspace().join("packaging").join(name)).expect("packaging file")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 fn run(cmd: &mut Command) -> Output {
