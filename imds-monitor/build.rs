@@ -8,6 +8,10 @@ use std::process::Command;
 use anyhow::{Context as _, bail};
 use aya_build::{Package, Toolchain};
 
+#[path = "../imds-monitor-ebpf/toolchain_pin.rs"]
+mod toolchain_pin;
+use toolchain_pin::toolchain_channel;
+
 const SETUP_HINT: &str = "run `cargo xtask setup`";
 
 fn main() -> anyhow::Result<()> {
@@ -41,20 +45,6 @@ fn main() -> anyhow::Result<()> {
             "building the eBPF programs with {toolchain} failed: {e:#}\n\
              hint: `cargo xtask setup` installs {toolchain}, its rust-src and bpf-linker"
         )
-    })
-}
-
-/// `channel` of a rust-toolchain.toml (the same few lines as in xtask's setup).
-fn toolchain_channel(text: &str) -> Option<&str> {
-    text.lines().find_map(|l| {
-        let (key, value) = l.split_once('=')?;
-        if key.trim() != "channel" {
-            return None;
-        }
-        let value = value.trim();
-        let quote = value.chars().next().filter(|c| *c == '"' || *c == '\'')?;
-        let (name, _) = value[1..].split_once(quote)?;
-        (!name.is_empty()).then_some(name)
     })
 }
 

@@ -19,6 +19,10 @@ use anyhow::{Context as _, bail};
 
 use crate::cmd;
 
+#[path = "../../imds-monitor-ebpf/toolchain_pin.rs"]
+mod toolchain_pin;
+use toolchain_pin::toolchain_channel;
+
 /// Pins the eBPF crate's toolchain (`channel`); imds-monitor/build.rs reads it
 /// too. Relative to the workspace root.
 pub const TOOLCHAIN_FILE: &str = "imds-monitor-ebpf/rust-toolchain.toml";
@@ -484,20 +488,6 @@ fn toolchain_info(name: &str) -> Option<InstalledToolchain> {
         host: parse_field(&vv, "host")?.to_owned(),
         sysroot,
         date,
-    })
-}
-
-/// `channel` of a rust-toolchain.toml (imds-monitor/build.rs has the same).
-pub fn toolchain_channel(text: &str) -> Option<&str> {
-    text.lines().find_map(|l| {
-        let (key, value) = l.split_once('=')?;
-        if key.trim() != "channel" {
-            return None;
-        }
-        let value = value.trim();
-        let quote = value.chars().next().filter(|c| *c == '"' || *c == '\'')?;
-        let (name, _) = value[1..].split_once(quote)?;
-        (!name.is_empty()).then_some(name)
     })
 }
 
