@@ -10,21 +10,70 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+use procfs::process::MountInfo;
 
-/// The cgroup2 mount point, from a mountinfo table.
+/// The cgroup2 mount point, from mountinfo text (see [`cgroup2_mount_of`]).
 pub fn cgroup2_mount_in(mountinfo: &str) -> Option<PathBuf> {
-    mountinfo
+    let mounts: Vec<MountInfo> = mountinfo
         .lines()
-        .find_map(|line| {
-            // "<id> <parent> <maj:min> <root> <mount point> <options> ... - <fstype> <source> ..."
-            let (before, after) = line.split_once(" - ")?;
-            let fstype = after.split_whitespace().next()?;
-            (fstype == "cgroup2").then(|| before.split_whitespace().nth(4).map(unescape_octal))?
-        })
-        .map(PathBuf::from)
+        .filter_map(|line| MountInfo::from_line(line).ok())
+        .collect();
+    cgroup2_mount_of(&mounts)
 }
 
-/// mountinfo escapes space, tab, newline and backslash as \ooo.
+/// The cgroup2 mount whose directories are the whole hierarchy, so a
+/// cgroup id (an inode) is found by walking it and its paths are the ones
+/// the host sees.
+///
+/// In a container (the DaemonSet) there can be several: the runtime's own,
+/// rooted at the container's cgroup namespace, and the host's bind-mounted
+/// over it (`hostPath: /sys/fs/cgroup`), on a hybrid host with its cgroup2
+/// at `unified/` below. A mount that a later one covers (same or a parent
+/// mount point) is hidden, so visible mounts come first; then a root made of
+/// `..` only (the hierarchy's root seen from inside a cgroup namespace), or
+/// `/`, over a subdirectory.
+pub fn cgroup2_mount_of(mounts: &[MountInfo]) -> Option<PathBuf> {
+    let point = |m: &MountInfo| PathBuf::from(unescape_octal(&m.mount_point.to_string_lossy()));
+    // Whether `a` is `b`'s parent mount, or that parent's, and so on.
+    let is_ancestor = |a: &MountInfo, b: &MountInfo| {
+        let mut parent = b.pid;
+        for _ in 0..mounts.len() {
+            if parent == a.mnt_id {
+                return true;
+            }
+            match mounts.iter().find(|m| m.mnt_id == parent) {
+                Some(m) if m.pid != m.mnt_id => parent = m.pid,
+                _ => break,
+            }
+        }
+        false
+    };
+    let hidden = |i: usize| {
+        let p = point(&mounts[i]);
+        mounts[i + 1..]
+            .iter()
+            .any(|later| p.starts_with(point(later)) && !is_ancestor(later, &mounts[i]))
+    };
+    let root_rank = |root: &str| {
+        let parts: Vec<&str> = root.split('/').filter(|c| !c.is_empty()).collect();
+        if !parts.is_empty() && parts.iter().all(|c| *c == "..") {
+            0
+        } else if parts.is_empty() {
+            1
+        } else {
+            2
+        }
+    };
+    mounts
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.fs_type == "cgroup2")
+        .min_by_key(|(i, m)| (hidden(*i), root_rank(&m.root), *i))
+        .map(|(_, m)| point(m))
+}
+
+/// mountinfo escapes space, tab, newline and backslash as \ooo (procfs
+/// leaves them).
 fn unescape_octal(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -45,9 +94,10 @@ fn unescape_octal(s: &str) -> String {
 }
 
 pub fn cgroup2_mount() -> Result<PathBuf> {
-    let mountinfo =
-        fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
-    cgroup2_mount_in(&mountinfo).context(
+    let mounts = procfs::process::Process::myself()
+        .and_then(|me| me.mountinfo())
+        .context("reading /proc/self/mountinfo")?;
+    cgroup2_mount_of(&mounts.0).context(
         "cgroup v2 is not mounted (no cgroup2 line in /proc/self/mountinfo); \
          mount it (mount -t cgroup2 none /sys/fs/cgroup) or boot with systemd.unified_cgroup_hierarchy=1",
     )
@@ -142,6 +192,11 @@ impl CgroupPaths {
         }
     }
 
+    /// Entries held: known paths and ids remembered as missing.
+    pub fn entries(&self) -> usize {
+        self.by_id.len() + self.missing.len()
+    }
+
     pub fn path(&mut self, id: u64) -> Option<String> {
         if let Some(p) = self.by_id.get(&id) {
             return Some(p.clone());
@@ -217,6 +272,44 @@ mod tests {
             cgroup2_mount_in("25 1 0:22 / /sys rw - sysfs sysfs rw\n"),
             None
         );
+    }
+
+    #[test]
+    fn in_a_container_the_visible_host_hierarchy_wins() {
+        // The DaemonSet on a hybrid host: the runtime's cgroup2 (rooted at
+        // the pod's cgroup namespace) at /sys/fs/cgroup, then the hostPath
+        // bind of the host's /sys/fs/cgroup (a tmpfs) over it, with the
+        // host's cgroup2 below at unified/ (its root above the namespace).
+        let hybrid_pod = "\
+600 500 0:40 / /sys/fs/cgroup ro,nosuid - cgroup2 cgroup rw,nsdelegate
+601 500 0:26 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755
+602 601 0:27 /../../../.. /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw,nsdelegate
+603 601 0:28 /../../.. /sys/fs/cgroup/systemd rw - cgroup cgroup rw,name=systemd
+";
+        assert_eq!(
+            cgroup2_mount_in(hybrid_pod),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        // A unified host: both at /sys/fs/cgroup; the later (the host's) is
+        // the one seen, and the one whose root is the hierarchy's.
+        let unified_pod = "\
+600 500 0:40 / /sys/fs/cgroup ro,nosuid - cgroup2 cgroup rw,nsdelegate
+601 500 0:30 /../../.. /sys/fs/cgroup ro,nosuid - cgroup2 cgroup2 rw,nsdelegate
+";
+        let mounts: Vec<MountInfo> = unified_pod
+            .lines()
+            .map(|l| MountInfo::from_line(l).unwrap())
+            .collect();
+        assert_eq!(
+            cgroup2_mount_of(&mounts),
+            Some(PathBuf::from("/sys/fs/cgroup"))
+        );
+        // Two visible ones: the hierarchy's root over a subdirectory bind.
+        let two = "\
+40 30 0:30 /kubepods.slice /mnt/pods rw - cgroup2 cgroup2 rw
+41 30 0:30 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw
+";
+        assert_eq!(cgroup2_mount_in(two), Some(PathBuf::from("/sys/fs/cgroup")));
     }
 
     #[test]

@@ -93,16 +93,20 @@ impl Enricher {
         )
     }
 
-    /// A container's first process was exec'ed by its runtime (runc, crun):
-    /// learn its cgroup and look it up now, before it sends anything.
-    pub fn container_started(&mut self, tgid: u32) {
-        let Ok(text) = std::fs::read_to_string(format!("/proc/{tgid}/cgroup")) else {
+    /// A container's first process was exec'ed by its runtime (runc, crun)
+    /// in cgroup `cgroup_id` (the kernel's id, not /proc/PID/cgroup, whose
+    /// text is relative to the daemon's cgroup namespace): learn it and look
+    /// the container up now, before it sends anything.
+    pub fn container_started(&mut self, cgroup_id: u64) {
+        let Some(path) = self.cgroups.path(cgroup_id) else {
             return;
         };
-        let Some(path) = text.lines().find_map(|l| l.strip_prefix("0::")) else {
+        let workload = Workload::from_cgroup_path(&path);
+        let Some(id) = workload.container_id.as_deref() else {
             return;
         };
-        self.learn_cgroup(path);
+        self.runtime
+            .state(id, workload.container_runtime, Some(cgroup_id));
     }
 
     /// Looks up the container a cgroup path names, if any, with its cgroup id.

@@ -154,6 +154,7 @@ pub fn decode(bytes: &[u8], clock: &BootClock) -> Option<Record> {
                 args_truncated: raw.flags
                     & (exec_flag::ARGS_TRUNCATED | exec_flag::ARGS_UNREADABLE)
                     != 0,
+                cgroup_id: raw.cgroup_id,
             }))
         }
         kind::FORK => {

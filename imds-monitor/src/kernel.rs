@@ -101,10 +101,17 @@ impl Pins {
         let parent = dir.parent().context("--pin-dir has no parent directory")?;
         // Daemons starting together must not each mount bpffs: a second
         // mount would hide the first one's pins.
-        let _guard = mount_lock()?;
-        let is_bpffs = nix::sys::statfs::statfs(parent)
-            .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC);
-        if !is_bpffs {
+        let is_bpffs = || {
+            nix::sys::statfs::statfs(parent)
+                .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC)
+        };
+        // Only a mount needs the lock (a read-only root may have no /run).
+        let _guard = if is_bpffs() {
+            None
+        } else {
+            Some(mount_lock()?)
+        };
+        if !is_bpffs() {
             fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
             nix::mount::mount(
                 Some("bpf"),
@@ -635,11 +642,19 @@ fn mount_lock() -> Result<nix::fcntl::Flock<fs::File>> {
 
 /// The tracefs mount, mounted at /sys/kernel/tracing if no tracefs is.
 fn tracefs() -> Result<std::path::PathBuf> {
+    let mounted = || {
+        ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+            .into_iter()
+            .find(|dir| Path::new(dir).join("events").is_dir())
+    };
+    // Mounted already (a node's, or the DaemonSet's hostPath): no lock is
+    // needed, and none can be made on a read-only root without /run.
+    if let Some(dir) = mounted() {
+        return Ok(dir.into());
+    }
     let _guard = mount_lock()?;
-    for dir in ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"] {
-        if Path::new(dir).join("events").is_dir() {
-            return Ok(dir.into());
-        }
+    if let Some(dir) = mounted() {
+        return Ok(dir.into());
     }
     let dir = Path::new("/sys/kernel/tracing");
     nix::mount::mount(

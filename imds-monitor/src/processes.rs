@@ -6,6 +6,7 @@
 use std::{
     collections::HashMap,
     fs,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
@@ -46,6 +47,8 @@ pub struct ProcessInfo {
     pub executable: Option<String>,
     pub args: Vec<String>,
     pub args_truncated: bool,
+    /// The real uid the kernel reported at exec; `None` when read from
+    /// /proc (a request's own uid, taken by the kernel, is used then).
     pub uid: Option<u32>,
 }
 
@@ -58,6 +61,8 @@ pub struct Exec {
     pub filename: String,
     pub args: Vec<String>,
     pub args_truncated: bool,
+    /// The cgroup it exec'ed in (`bpf_get_current_cgroup_id`).
+    pub cgroup_id: u64,
 }
 
 #[derive(Debug)]
@@ -75,16 +80,9 @@ impl ProcessCache {
     /// Seeded with every process running now.
     pub fn seeded() -> Self {
         let mut cache = Self::default();
-        if let Ok(dir) = fs::read_dir("/proc") {
-            for entry in dir.flatten() {
-                let Some(pid) = entry
-                    .file_name()
-                    .to_str()
-                    .and_then(|s| s.parse::<u32>().ok())
-                else {
-                    continue;
-                };
-                if let Some(info) = read_proc(pid) {
+        if let Ok(all) = procfs::process::all_processes() {
+            for process in all.flatten() {
+                if let Some(info) = read_process(&process) {
                     cache.insert(info);
                 }
             }
@@ -192,64 +190,108 @@ impl ProcessCache {
     }
 }
 
+/// The root of the host's init: with the host's PID namespace (hostPID)
+/// it is the host's file system also when the daemon runs in a container.
+const HOST_ROOT: &str = "/proc/1/root";
+
 /// The program an execve path names, as /proc/PID/exe would show it: an
-/// absolute path with its symlinks resolved (`/usr/bin/sh` -> `/usr/bin/dash`);
-/// a relative one as given (it depended on the process's directory).
+/// absolute path with its symlinks resolved (`/usr/bin/sh` -> `/usr/bin/dash`)
+/// in the host's file system; a relative one as given (it depended on the
+/// process's directory).
 fn resolved_path(filename: &str) -> Option<String> {
     if filename.is_empty() {
         return None;
     }
-    if filename.starts_with('/')
-        && let Ok(real) = fs::canonicalize(filename)
-    {
-        return Some(real.to_string_lossy().into_owned());
+    if filename.starts_with('/') {
+        let real = resolve_under(Path::new(HOST_ROOT), filename).or_else(|| {
+            fs::canonicalize(filename)
+                .ok()
+                .map(|p| p.to_string_lossy().into_owned())
+        });
+        if let Some(real) = real {
+            return Some(real);
+        }
     }
     Some(filename.to_owned())
 }
 
+/// `path` with its symlinks resolved inside `root` as if it were `/` (an
+/// absolute link restarts at `root`, `..` stops there); `None` if a
+/// component is missing or there are too many links.
+fn resolve_under(root: &Path, path: &str) -> Option<String> {
+    let mut resolved: Vec<std::ffi::OsString> = Vec::new();
+    let mut pending: std::collections::VecDeque<std::ffi::OsString> = Path::new(path)
+        .components()
+        .map(|c| c.as_os_str().to_owned())
+        .collect();
+    let mut links = 0;
+    while let Some(part) = pending.pop_front() {
+        match part.to_str() {
+            Some("/" | "." | "") => continue,
+            Some("..") => {
+                resolved.pop();
+                continue;
+            }
+            _ => {}
+        }
+        let mut here: PathBuf = root.to_path_buf();
+        here.extend(&resolved);
+        here.push(&part);
+        if !fs::symlink_metadata(&here).ok()?.file_type().is_symlink() {
+            resolved.push(part);
+            continue;
+        }
+        links += 1;
+        if links > 40 {
+            return None;
+        }
+        let target = fs::read_link(&here).ok()?;
+        if target.is_absolute() {
+            resolved.clear();
+        }
+        for c in target.components().rev() {
+            pending.push_front(c.as_os_str().to_owned());
+        }
+    }
+    let mut out = String::new();
+    for part in &resolved {
+        out.push('/');
+        out.push_str(&part.to_string_lossy());
+    }
+    Some(if out.is_empty() { "/".to_owned() } else { out })
+}
+
 /// Reads one process from /proc; `None` if it is gone.
 fn read_proc(pid: u32) -> Option<ProcessInfo> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (name, ppid) = parse_stat(&stat)?;
-    let executable = fs::read_link(format!("/proc/{pid}/exe")).ok().map(|p| {
+    let process = procfs::process::Process::new(i32::try_from(pid).ok()?).ok()?;
+    read_process(&process)
+}
+
+fn read_process(process: &procfs::process::Process) -> Option<ProcessInfo> {
+    let stat = process.stat().ok()?;
+    let executable = process.exe().ok().map(|p| {
         p.to_string_lossy()
             .trim_end_matches(" (deleted)")
             .to_owned()
     });
-    let args = fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|raw| split_nul(&raw))
-        .unwrap_or_default();
-    let uid = fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| parse_uid(&s));
+    let args = match process.cmdline() {
+        Ok(args) => args,
+        // procfs reads cmdline as UTF-8; keep other arguments, lossily.
+        Err(_) => fs::read(format!("/proc/{}/cmdline", process.pid()))
+            .map(|raw| split_nul(&raw))
+            .unwrap_or_default(),
+    };
     Some(ProcessInfo {
-        pid,
-        ppid: Some(ppid),
-        name,
+        pid: u32::try_from(process.pid()).ok()?,
+        ppid: u32::try_from(stat.ppid).ok(),
+        name: stat.comm,
         executable,
         args,
         args_truncated: false,
-        uid,
+        // Not read here: parsing /proc/PID/status would double the cost
+        // of the seed, and a request carries the kernel's uid (at connect).
+        uid: None,
     })
-}
-
-/// `(comm, ppid)` from /proc/PID/stat; comm may hold spaces and parentheses.
-fn parse_stat(stat: &str) -> Option<(String, u32)> {
-    let open = stat.find('(')?;
-    let close = stat.rfind(')')?;
-    let name = stat.get(open + 1..close)?.to_owned();
-    let mut rest = stat.get(close + 1..)?.split_whitespace();
-    let _state = rest.next()?;
-    let ppid = rest.next()?.parse().ok()?;
-    Some((name, ppid))
-}
-
-fn parse_uid(status: &str) -> Option<u32> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
 }
 
 /// NUL-separated strings (cmdline, the kernel's argument buffer).
@@ -284,10 +326,32 @@ mod tests {
     }
 
     #[test]
-    fn stat_with_odd_comm() {
-        let stat = "4242 (my (weird) proc) S 17 4242 4242 0 -1 4194560 ...";
-        assert_eq!(parse_stat(stat), Some(("my (weird) proc".into(), 17)));
-        assert_eq!(parse_stat("garbage"), None);
+    fn paths_resolve_in_the_host_root_not_the_daemons() {
+        // A root of its own, as the host's is to a daemon in a container.
+        let root = std::env::temp_dir().join(format!("imds-root-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        fs::create_dir_all(root.join("usr/bin")).unwrap();
+        fs::write(root.join("usr/bin/dash"), b"").unwrap();
+        std::os::unix::fs::symlink("/usr/bin/dash", root.join("usr/bin/sh")).unwrap();
+        std::os::unix::fs::symlink("usr/bin", root.join("bin")).unwrap();
+        std::os::unix::fs::symlink("../../..", root.join("usr/bin/up")).unwrap();
+        std::os::unix::fs::symlink("loop", root.join("loop")).unwrap();
+        let r = |p: &str| resolve_under(&root, p);
+        assert_eq!(r("/usr/bin/sh").as_deref(), Some("/usr/bin/dash"));
+        assert_eq!(
+            r("/bin/sh").as_deref(),
+            Some("/usr/bin/dash"),
+            "relative link"
+        );
+        assert_eq!(r("/bin/./../bin/dash").as_deref(), Some("/usr/bin/dash"));
+        assert_eq!(
+            r("/usr/bin/up/../usr/bin/sh").as_deref(),
+            Some("/usr/bin/dash"),
+            "`..` stops at the root"
+        );
+        assert_eq!(r("/usr/bin/missing"), None);
+        assert_eq!(r("/loop"), None, "too many links");
+        fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
@@ -329,6 +393,7 @@ mod tests {
             filename: "/usr/bin/curl".into(),
             args: vec!["curl".into(), "-s".into()],
             args_truncated: false,
+            cgroup_id: 1,
         });
         let child = cache.get(4_000_001).unwrap();
         assert_eq!(child.name, "curl");
@@ -363,7 +428,15 @@ mod tests {
         assert!(cache.len() > 1);
         let mut cache = cache;
         let me = cache.get(std::process::id()).unwrap();
-        assert!(me.executable.is_some());
-        assert!(!me.args.is_empty());
+        assert_eq!(
+            me.executable.as_deref(),
+            std::env::current_exe()
+                .ok()
+                .as_deref()
+                .and_then(|p| p.to_str())
+        );
+        assert_eq!(me.args, std::env::args().collect::<Vec<_>>());
+        assert_eq!(me.ppid, Some(std::os::unix::process::parent_id()));
+        assert!(me.name.len() <= 15 && !me.name.is_empty(), "{}", me.name);
     }
 }

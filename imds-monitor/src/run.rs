@@ -527,9 +527,10 @@ impl EventWriter {
                         before.map(|p| (&p.name, &p.executable))
                     );
                     self.enricher.forget(tgid);
+                    let cgroup_id = exec.cgroup_id;
                     self.enricher.processes.on_exec(exec);
                     if by_runtime {
-                        self.enricher.container_started(tgid);
+                        self.enricher.container_started(cgroup_id);
                     }
                     continue;
                 }

@@ -155,6 +155,25 @@ impl Monitor {
         // With --persist the pins outlive this daemon on purpose: the test's
         // PinsGuard (or its own `detach`) removes them.
         let pin_dir = pin_dir.filter(|_| !args.contains(&"--persist"));
+        Self::launch(cmd, pin_dir)
+    }
+
+    /// Starts `cmd run ARGS`, where `cmd` is a prepared command that ends by
+    /// exec'ing the daemon with the arguments appended to it (a wrapper that
+    /// sets up namespaces, as a container runtime would), and waits for
+    /// `monitor-started`.
+    pub fn start_command(mut cmd: std::process::Command, args: &[&str]) -> Result<Self> {
+        cmd.arg("run").args(args);
+        let monitor = Self::launch(cmd, None)?;
+        monitor
+            .wait_for(Duration::from_secs(20), |events| {
+                events.iter().any(|e| action(e) == "monitor-started")
+            })
+            .map_err(|e| anyhow!("{e}\nstderr:\n{}", monitor.stderr()))?;
+        Ok(monitor)
+    }
+
+    fn launch(mut cmd: std::process::Command, pin_dir: Option<PathBuf>) -> Result<Self> {
         cmd.env(
             "RUST_LOG",
             std::env::var("IMDS_MONITOR_LOG").unwrap_or_else(|_| "info".into()),

@@ -117,12 +117,12 @@ pub fn compile(policy: &Policy, mode: Mode, cgroup_root: &Path) -> Result<Compil
     let executables: Vec<(u32, String)> = if !uses(|m| matches!(m, Matcher::Executable(_))) {
         Vec::new()
     } else {
-        fs::read_dir("/proc")
-            .map(|d| {
-                d.flatten()
-                    .filter_map(|e| {
-                        let pid = e.file_name().to_str()?.parse::<u32>().ok()?;
-                        let exe = fs::read_link(e.path().join("exe")).ok()?;
+        procfs::process::all_processes()
+            .map(|all| {
+                all.flatten()
+                    .filter_map(|p| {
+                        let pid = u32::try_from(p.pid()).ok()?;
+                        let exe = p.exe().ok()?;
                         Some((pid, exe.to_string_lossy().into_owned()))
                     })
                     .collect()
