@@ -91,7 +91,9 @@ fn record_connect(ctx: &SockAddrContext) {
     };
     crate::copy::current_comm(&mut owner.comm);
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let _ = CONNECTS.insert(&cookie, &owner, 0);
+    if let Err(e) = CONNECTS.insert(&cookie, &owner, 0) {
+        crate::debug::owner_lost(0, e, tgid);
+    }
 }
 
 #[sock_ops]
@@ -139,6 +141,8 @@ fn on_established(ctx: &SockOpsContext) {
     }
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     if let Some(owner) = unsafe { CONNECTS.get(&cookie) } {
-        let _ = BY_SEQUENCE.insert(&key, owner, 0);
+        if let Err(e) = BY_SEQUENCE.insert(&key, owner, 0) {
+            crate::debug::owner_lost(1, e, owner.tgid);
+        }
     }
 }

@@ -14,7 +14,7 @@ use aya_ebpf::{
 };
 use imds_monitor_common::event::{AF_INET, AF_INET6};
 
-use crate::packet::Segment;
+use crate::{debug, packet::Segment};
 
 const TCP_HEADER: usize = 20;
 const IPV4_HEADER: usize = 20;
@@ -27,12 +27,14 @@ const IPPROTO_TCP: u8 = 6;
 /// packet cannot be rewritten (IP options, a GSO packet, a failed helper).
 #[inline(always)]
 pub fn reset_client(ctx: &TcContext, segment: &Segment) -> i32 {
-    match build_reset(ctx, segment) {
-        Some(()) => {
-            let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-            unsafe { bpf_redirect(ifindex, BPF_F_INGRESS as u64) as i32 }
-        }
-        None => TC_ACT_SHOT as i32,
+    let sent = build_reset(ctx, segment).is_some();
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    if sent {
+        debug::flow(debug::Event::ResetSent, segment.key.sport, ifindex);
+        unsafe { bpf_redirect(ifindex, BPF_F_INGRESS as u64) as i32 }
+    } else {
+        debug::flow(debug::Event::ResetFailed, segment.key.sport, ifindex);
+        TC_ACT_SHOT as i32
     }
 }
 

@@ -16,7 +16,7 @@ use imds_monitor_common::{
 
 use crate::{
     attribution::{BY_SEQUENCE, CONNECTS},
-    copy,
+    copy, debug,
     maps::{FLOWS, count, staged_flow, track_flow},
     packet::Segment,
     scan::{self, Origin},
@@ -194,6 +194,11 @@ fn on_untracked(
         // The flow table is full: a connection that is not followed is not
         // let through either (each of its segments meets this again).
         count(stat::FLOW_TABLE_FULL);
+        debug::flow(
+            debug::Event::FlowTableFull,
+            segment.key.sport,
+            origin.ifindex,
+        );
         return Err(if report_untracked(origin, InvalidReason::FlowTableFull) {
             Fate::Reset
         } else {
@@ -208,6 +213,7 @@ fn on_untracked(
     }
     let flow = unsafe { &mut *flow };
     count(stat::UNTRACKED_SEGMENTS);
+    debug::flow(debug::Event::Untracked, segment.key.sport, origin.ifindex);
     flow.forwarded = (origin.socket_cookie == 0) as u8;
     find_owner(flow, segment, origin.socket_cookie);
     Err(unjudged(flow, origin, InvalidReason::UntrackedConnection))

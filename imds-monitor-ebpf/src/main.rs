@@ -11,6 +11,7 @@
 
 mod attribution;
 mod copy;
+mod debug;
 mod enforce;
 mod exempt;
 mod flow;

@@ -61,7 +61,17 @@ pub struct ScanBuffer {
     pub truncated: u64,
     pub flow: FlowState,
     pub origin: Origin,
+    /// `--kernel-log debug`: the verdicts of this packet's requests
+    /// (`debug::packed`), logged once `imds_scan` returns (a log call in
+    /// the step would nest a fourth call: more stack than eBPF has). The
+    /// last slot takes the latest, so a drop (always the last) is logged.
+    pub logs: [u64; LOGS],
+    /// Requests of this packet, logged or not.
+    pub logged: u64,
 }
+
+/// Verdicts of one packet that `--kernel-log debug` logs.
+pub const LOGS: usize = 8;
 
 /// Per-CPU copy of the payload being scanned (too large for the stack).
 #[map]

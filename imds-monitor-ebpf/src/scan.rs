@@ -14,8 +14,10 @@ use imds_monitor_common::{
 };
 
 use crate::{
-    copy,
-    maps::{ACTIONS, EVENTS, FLOWS, Payload, SCAN_CAP, SCRATCH, ScanBuffer, count, submit_flags},
+    copy, debug,
+    maps::{
+        ACTIONS, EVENTS, FLOWS, LOGS, Payload, SCAN_CAP, SCRATCH, ScanBuffer, count, submit_flags,
+    },
 };
 
 /// Where a request came from, copied into each event of a packet.
@@ -79,6 +81,7 @@ pub fn scan_payload(ctx: &TcContext, flow: &mut FlowState, origin: &Origin, offs
     };
     let buffer = unsafe { &mut *scratch };
     buffer.skipped = 0;
+    buffer.logged = 0;
     let Some(n) = load_payload(ctx, &raw mut buffer.payload.bytes, offset, len) else {
         return;
     };
@@ -94,6 +97,11 @@ pub fn scan_payload(ctx: &TcContext, flow: &mut FlowState, origin: &Origin, offs
     work.forwarded = flow.forwarded;
     buffer.truncated = (n < len) as u64;
     imds_scan();
+    // Here, not in imds_scan: there the check would run once per exit of
+    // its loop (each a state of its own for the verifier).
+    if debug::on() {
+        debug::imds_log_requests();
+    }
 }
 
 /// Runs the steps over the payload in [`SCRATCH`], reports what they left
@@ -119,6 +127,8 @@ pub extern "C" fn imds_scan() -> i64 {
         truncated,
         skipped,
         len,
+        logs,
+        logged,
         ..
     } = unsafe { &mut *scratch };
     // Bytes past the buffer or the steps are not judged: they might hold
@@ -134,7 +144,7 @@ pub extern "C" fn imds_scan() -> i64 {
         } else {
             InvalidReason::TooManySteps
         };
-        emit(origin, work, RequestClass::Incomplete, reason);
+        emit_deferred(origin, work, RequestClass::Incomplete, reason, logs, logged);
         work.flags |= flow_flag::DESYNC;
     }
     let Some(flow) = FLOWS.get_ptr_mut(&origin.key) else {
@@ -206,6 +216,8 @@ pub extern "C" fn imds_scan_step(index: u64) -> i64 {
         len,
         flow,
         origin,
+        logs,
+        logged,
         ..
     } = unsafe { &mut *buffer };
     let (payload, len, origin) = (&*payload, *len, &*origin);
@@ -245,10 +257,10 @@ pub extern "C" fn imds_scan_step(index: u64) -> i64 {
                 // Enforce: this segment completes a request that must not
                 // reach IMDS; the caller drops it and resets the client.
                 flow.flags |= flow_flag::BLOCKED;
-                emit(origin, flow, class, reason);
+                emit_deferred(origin, flow, class, reason, logs, logged);
                 return 1;
             }
-            emit(origin, flow, class, reason);
+            emit_deferred(origin, flow, class, reason, logs, logged);
             flow.requests = flow.requests.wrapping_add(1);
             if flow.parser.flags & flag::CONTENT_LENGTH != 0 {
                 flow.body_left = flow.parser.content_length;
@@ -261,11 +273,13 @@ pub extern "C" fn imds_scan_step(index: u64) -> i64 {
             if action_for(RequestClass::Invalid) == action::DROP && flow.owner.exempt_rule == 0 {
                 flow.flags |= flow_flag::BLOCKED;
             }
-            emit(
+            emit_deferred(
                 origin,
                 flow,
                 RequestClass::Invalid,
                 InvalidReason::Malformed,
+                logs,
+                logged,
             );
             // The server answers junk too (400), so it takes a response slot.
             flow.requests = flow.requests.wrapping_add(1);
@@ -277,11 +291,13 @@ pub extern "C" fn imds_scan_step(index: u64) -> i64 {
             if action_for(RequestClass::Incomplete) == action::DROP && flow.owner.exempt_rule == 0 {
                 flow.flags |= flow_flag::BLOCKED;
             }
-            emit(
+            emit_deferred(
                 origin,
                 flow,
                 RequestClass::Incomplete,
                 InvalidReason::HeadTooLong,
+                logs,
+                logged,
             );
             flow.flags |= flow_flag::DESYNC;
             1
@@ -289,8 +305,63 @@ pub extern "C" fn imds_scan_step(index: u64) -> i64 {
     }
 }
 
+/// Reports a request (and logs its verdict with `--kernel-log debug`).
 #[inline(always)]
 pub fn emit(origin: &Origin, flow: &FlowState, class: RequestClass, reason: InvalidReason) {
+    let verdict = verdict(flow);
+    if debug::on() {
+        debug::request(
+            debug::packed(class as u8, verdict, reason as u8, flow.requests),
+            origin.key.sport,
+            origin.ifindex,
+            flow.owner.tgid,
+        );
+    }
+    emit_event(origin, flow, class, reason, verdict);
+}
+
+/// [`emit`] for the scan: the verdict is logged after [`imds_scan`]
+/// returns, with the packet's others, in order (`debug::imds_log_requests`).
+#[inline(always)]
+fn emit_deferred(
+    origin: &Origin,
+    flow: &FlowState,
+    class: RequestClass,
+    reason: InvalidReason,
+    logs: &mut [u64; LOGS],
+    logged: &mut u64,
+) {
+    let verdict = verdict(flow);
+    if debug::on() {
+        let slot = if *logged < LOGS as u64 - 1 {
+            *logged as usize
+        } else {
+            LOGS - 1
+        };
+        logs[slot] = debug::packed(class as u8, verdict, reason as u8, flow.requests);
+        *logged += 1;
+    }
+    emit_event(origin, flow, class, reason, verdict);
+}
+
+#[inline(always)]
+fn verdict(flow: &FlowState) -> u8 {
+    let verdict = if flow.flags & flow_flag::BLOCKED != 0 {
+        Verdict::Dropped
+    } else {
+        Verdict::Allowed
+    };
+    verdict as u8
+}
+
+#[inline(always)]
+fn emit_event(
+    origin: &Origin,
+    flow: &FlowState,
+    class: RequestClass,
+    reason: InvalidReason,
+    verdict: u8,
+) {
     let parser = &flow.parser;
     count(stat::CLASS_BASE + class as u32);
     let Some(mut entry) = EVENTS.reserve::<RequestEvent>(0) else {
@@ -301,11 +372,7 @@ pub fn emit(origin: &Origin, flow: &FlowState, class: RequestClass, reason: Inva
     event.kind = imds_monitor_common::event::kind::REQUEST;
     event.class = class as u8;
     event.reason = reason as u8;
-    event.verdict = if flow.flags & flow_flag::BLOCKED != 0 {
-        Verdict::Dropped
-    } else {
-        Verdict::Allowed
-    } as u8;
+    event.verdict = verdict;
     event.method_len = parser.method_len;
     event.family = origin.key.family;
     event.flags = parser.flags;

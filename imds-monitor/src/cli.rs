@@ -15,7 +15,10 @@ Examples:
   sudo imds-monitor run --mode alert --output /var/log/imds-monitor/events.json
 
   # Also watch the ECS task credentials endpoint, on a chosen interface
-  sudo imds-monitor run --iface ens5 --endpoint 169.254.169.254 --endpoint 169.254.170.2:80";
+  sudo imds-monitor run --iface ens5 --endpoint 169.254.169.254 --endpoint 169.254.170.2:80
+
+  # Why was a request dropped? The kernel's own debug lines on stderr
+  sudo imds-monitor run --mode enforce --kernel-log debug 2>&1 >/dev/null | grep kernel:";
 
 /// The migration workflow, for the top-level help.
 const WORKFLOW: &str = "\
@@ -163,6 +166,13 @@ pub struct RunArgs {
     /// How to attach to TC: tcx (kernel >= 6.6), netlink (clsact), or auto
     #[arg(long, value_enum, default_value_t = crate::kernel::AttachMode::Auto, hide = true)]
     pub attach: crate::kernel::AttachMode,
+
+    /// Debug lines of the kernel programs on stderr (never stdout): each
+    /// request's class, verdict and reason code with its port, interface
+    /// and pid, a full flow table, connections not followed, resets sent.
+    /// No path, header or token. `off` costs the verifier nothing
+    #[arg(long, value_enum, value_name = "LEVEL", default_value_t = crate::kernel_log::KernelLog::Off)]
+    pub kernel_log: crate::kernel_log::KernelLog,
 }
 
 fn parse_interval(s: &str) -> Result<std::time::Duration, String> {

@@ -182,6 +182,21 @@ persist = true
     }
 
     #[test]
+    fn kernel_log_from_the_file_and_off_by_default() {
+        use crate::kernel_log::KernelLog;
+        let p = Path::new("c.toml");
+        let run = argv("imds-monitor run --config c.toml");
+        let a = merge(p, "kernel_log = \"debug\"\n", &run).unwrap();
+        assert_eq!(a.kernel_log, KernelLog::Debug);
+        assert_eq!(merge(p, FILE, &run).unwrap().kernel_log, KernelLog::Off);
+        let err = format!(
+            "{:#}",
+            merge(p, "kernel-log = \"trace\"\n", &run).unwrap_err()
+        );
+        assert!(err.contains("trace"), "{err}");
+    }
+
+    #[test]
     fn command_line_wins() {
         let p = Path::new("c.toml");
         let a = merge(

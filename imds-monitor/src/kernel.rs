@@ -196,6 +196,8 @@ pub struct Kernel {
     pins: Option<Pins>,
     /// On stop, leave pinned enforcement in place (`--persist`).
     pub persist: bool,
+    /// `--kernel-log debug`: prints the programs' log lines.
+    kernel_log: Option<crate::kernel_log::Reader>,
 }
 
 /// What the programs need to know before they are loaded.
@@ -208,6 +210,8 @@ pub struct LoadOptions<'a> {
     /// Entries of the flow table (`--flow-table-entries`); `None` keeps the
     /// object's size.
     pub flow_entries: Option<u32>,
+    /// `--kernel-log`: the programs' log level (see [`Kernel::read_kernel_log`]).
+    pub kernel_log: crate::kernel_log::KernelLog,
 }
 
 impl Kernel {
@@ -242,7 +246,10 @@ impl Kernel {
                 loader.map_pin_path(name, pins.map(name));
             }
         }
+        // aya-log's level global: 0 (off) makes the verifier skip every log call.
+        let log_level = options.kernel_log.level();
         let mut ebpf = loader
+            .override_global(aya_log::LEVEL, &log_level, true)
             .override_global("ENDPOINTS", options.endpoints, true)
             .override_global("FORK_CHILD_PID_OFFSET", &child_pid_offset, true)
             .override_global("WATCHED_CGROUP_ID", &cgroup_id, true)
@@ -275,7 +282,16 @@ impl Kernel {
             method: "",
             pins: options.pins.clone(),
             persist: false,
+            kernel_log: None,
         })
+    }
+
+    /// `--kernel-log debug`: prints the programs' log lines to stderr, on a
+    /// thread, until the kernel is dropped. Takes their log map, which
+    /// [`verifier_stats`] then cannot relocate: `run` only.
+    pub fn read_kernel_log(&mut self) -> Result<()> {
+        self.kernel_log = Some(crate::kernel_log::Reader::start(&mut self.ebpf)?);
+        Ok(())
     }
 
     /// Attaches the socket hooks to a cgroup (every process below it is

@@ -15,6 +15,7 @@ mod enrich;
 mod event;
 mod interfaces;
 mod kernel;
+mod kernel_log;
 mod output;
 mod policy;
 mod processes;

@@ -104,7 +104,11 @@ async fn run_until_signal(args: RunArgs) -> Result<()> {
         watched: args.cgroup.is_some().then_some(&watched),
         pins: pins.clone(),
         flow_entries: Some(args.flow_table_entries),
+        kernel_log: args.kernel_log,
     })?;
+    if args.kernel_log == crate::kernel_log::KernelLog::Debug {
+        kernel.read_kernel_log()?;
+    }
     kernel.persist = args.persist;
     if adopted {
         log::info!(

@@ -5,7 +5,9 @@
 //! and between builds of one release.
 //!
 //! It runs `imds-monitor check --json` (root: it loads the programs, never
-//! attaches them) and reads the programs check's `verifier` figures. Set
+//! attaches them) and reads the programs check's `verifier` figures, once
+//! as `run` loads them by default and once with `--kernel-log debug`, whose
+//! log calls the verifier then checks too (off, it skips them). Set
 //! `IMDS_MONITOR_BIN` to measure another build than this one's. The kernel
 //! matrix runs it in each guest, where emulation slows the verifier by
 //! `IMDS_TEST_TIME_SCALE`: the time limit is scaled by it, the instruction
@@ -26,16 +28,33 @@ fn binary() -> PathBuf {
 
 #[test]
 fn every_program_verifies_within_the_budget() {
+    within_the_budget(&[]);
+}
+
+#[test]
+fn every_program_verifies_within_the_budget_with_kernel_log_debug() {
+    within_the_budget(&["--kernel-log", "debug"]);
+}
+
+/// `check --json ARGS`: every program measured, none over the budget.
+fn within_the_budget(args: &[&str]) {
     let bin = binary();
+    let config = if args.is_empty() {
+        "default".to_owned()
+    } else {
+        args.join(" ")
+    };
     let out = Command::new(&bin)
         .args(["check", "--json"])
+        .args(args)
         .output()
         .unwrap_or_else(|e| panic!("running {}: {e}", bin.display()));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let describe = || {
         format!(
-            "{} check --json: exit {:?}\n--- stdout\n{stdout}--- stderr\n{}",
+            "{} check --json {}: exit {:?}\n--- stdout\n{stdout}--- stderr\n{}",
             bin.display(),
+            args.join(" "),
             out.status.code(),
             String::from_utf8_lossy(&out.stderr)
         )
@@ -55,7 +74,7 @@ fn every_program_verifies_within_the_budget() {
     let kernel = verifier["kernel"].as_str().unwrap_or("?");
     if let Some(rejected) = verifier.get("rejected") {
         panic!(
-            "Linux {kernel} rejected a program: {}\nfix: {}\nrejection: {rejected:#}",
+            "Linux {kernel} rejected a program ({config}): {}\nfix: {}\nrejection: {rejected:#}",
             programs["detail"], programs["fix"]
         );
     }
@@ -99,12 +118,12 @@ fn every_program_verifies_within_the_budget() {
         .collect();
     assert!(
         problems.is_empty(),
-        "over the verifier budget on Linux {kernel}:\n{}\nall programs:\n{}",
+        "over the verifier budget on Linux {kernel} ({config}):\n{}\nall programs:\n{}",
         problems.join("\n"),
         table.join("\n")
     );
     eprintln!(
-        "Linux {kernel}: {} programs, {total} us in all\n{}",
+        "Linux {kernel} ({config}): {} programs, {total} us in all\n{}",
         list.len(),
         table.join("\n")
     );

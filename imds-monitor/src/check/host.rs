@@ -14,6 +14,7 @@ use super::rules::{BpfProbe, IfState, ProgramLoad, Tally, Tracefs, VMLINUX_BTF, 
 use crate::{
     endpoints,
     kernel::{self, Kernel, LoadOptions},
+    kernel_log::KernelLog,
     verifier::{
         BPF_MAP_CREATE, BPF_PROG_LOAD, BPF_PROG_TYPE_SCHED_CLS, BPF_PROG_TYPE_TRACEPOINT,
         LoadFailure, ProgLoad, Report, bpf, name16,
@@ -180,7 +181,7 @@ pub fn tracefs(can_mount: bool) -> Tracefs {
 /// Loads every embedded program as `run` does (the verifier runs), attaches
 /// nothing, has the verifier measure each program once more (see
 /// [`verifier::measure`]), and unloads them again.
-pub fn load_programs(list: &[SocketAddr]) -> ProgramLoad {
+pub fn load_programs(list: &[SocketAddr], kernel_log: KernelLog) -> ProgramLoad {
     let table = match endpoints::to_kernel(list) {
         Ok(t) => t,
         Err(e) => return ProgramLoad::Failed(format!("{e:#}"), None),
@@ -190,6 +191,7 @@ pub fn load_programs(list: &[SocketAddr]) -> ProgramLoad {
         watched: None,
         pins: None,
         flow_entries: None,
+        kernel_log,
     }) {
         Ok(kernel) => {
             let stats = kernel::verifier_stats(&kernel)

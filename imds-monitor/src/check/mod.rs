@@ -40,6 +40,9 @@ Examples:
           imds_classify  sched_cls  41,230               12         2,310        1,204  95.1 ms
           ...
 
+  # The same with run --kernel-log debug's log calls (off, they cost nothing)
+  sudo imds-monitor check --verifier --kernel-log debug
+
   # The same per program, for scripts and the kernel matrix
   sudo imds-monitor check --json | jq '.[] | select(.check == \"programs\") | .verifier'
 
@@ -78,6 +81,11 @@ pub struct CheckArgs {
     /// costs the verifier: processed instructions, states, verification time
     #[arg(long)]
     pub verifier: bool,
+
+    /// Load the programs with `run --kernel-log` at this level (debug: the
+    /// log calls are verified too); the programs check then measures that
+    #[arg(long, value_enum, value_name = "LEVEL", default_value_t = crate::kernel_log::KernelLog::Off)]
+    pub kernel_log: crate::kernel_log::KernelLog,
 
     /// Interface `run` will be given with --iface (repeatable). Default: the
     /// interfaces that route to the endpoints, as `run` picks them
@@ -236,7 +244,7 @@ fn run_checks(args: &CheckArgs) -> Vec<Finding> {
         (None, None) => rules::ProgramLoad::Skipped(
             "tracefs is not mounted, and check does not mount it".to_owned(),
         ),
-        (None, Some(_)) => host::load_programs(&endpoints),
+        (None, Some(_)) => host::load_programs(&endpoints, args.kernel_log),
     };
     findings.push(rules::programs(&load));
 

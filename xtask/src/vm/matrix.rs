@@ -23,6 +23,7 @@ pub const GUEST_TESTS: &[&str] = &[
     "lifecycle",
     "fail_closed",
     "verifier_budget",
+    "kernel_log",
 ];
 
 /// libtest arguments for a test binary in the guests, where TCG makes
