@@ -42,6 +42,7 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant, reason = "parsed once at start")]
 pub enum Command {
     /// Attach to the host's interfaces and stream one JSON line per IMDS request
     #[command(after_help = EXAMPLES)]
@@ -158,6 +159,17 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_runtime_metadata: bool,
 
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464):
+    /// requests by class, verdict and workload kind, diagnostics, events lost,
+    /// buffer use, attached interfaces, policy reloads (README, "Metrics")
+    #[arg(long, value_name = "ADDR:PORT", value_parser = parse_metrics_addr)]
+    pub metrics: Option<SocketAddr>,
+
+    /// With --metrics: per-workload series for at most this many of the
+    /// busiest workloads, the rest in workload="other"; 0: none
+    #[arg(long, value_name = "N", default_value_t = crate::metrics::DEFAULT_TOP_WORKLOADS, value_parser = clap::value_parser!(u16).range(0..=1000))]
+    pub metrics_top_workloads: u16,
+
     /// Also attach an empty TC program to the same interfaces, first, as the
     /// benchmark's baseline (cargo xtask bench)
     #[arg(long, hide = true)]
@@ -181,6 +193,12 @@ fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
         return Err(format!("`{s}` is shorter than 1s"));
     }
     Ok(d)
+}
+
+fn parse_metrics_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse().map_err(|_| {
+        format!("`{s}` is not an address and port to listen on (e.g. 127.0.0.1:9464 or [::1]:9464)")
+    })
 }
 
 /// Where enforce mode pins its state.

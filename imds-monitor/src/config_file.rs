@@ -241,6 +241,28 @@ persist = true
     }
 
     #[test]
+    fn metrics_options_from_the_file() {
+        let p = Path::new("c.toml");
+        let text = "metrics = \"127.0.0.1:9464\"\nmetrics_top_workloads = 5\n";
+        let a = merge(p, text, &argv("imds-monitor run --config c.toml")).unwrap();
+        assert_eq!(
+            a.metrics.map(|m| m.to_string()).as_deref(),
+            Some("127.0.0.1:9464")
+        );
+        assert_eq!(a.metrics_top_workloads, 5);
+        let e = format!(
+            "{:#}",
+            merge(
+                p,
+                "metrics = \"9464\"",
+                &argv("imds-monitor run --config x")
+            )
+            .unwrap_err()
+        );
+        assert!(e.starts_with("c.toml: ") && e.contains("--metrics"), "{e}");
+    }
+
+    #[test]
     fn packaged_config_is_valid() {
         let path = Path::new(concat!(
             env!("CARGO_MANIFEST_DIR"),

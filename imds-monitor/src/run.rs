@@ -25,6 +25,7 @@ use crate::{
     event::{self, Record, Response},
     interfaces::{self, NameCache},
     kernel::{Kernel, LoadOptions, Pins},
+    metrics::Metrics,
     output::{
         ecs::{self, RunInfo},
         queue::{Line, Queue},
@@ -87,6 +88,15 @@ async fn run_until_signal(args: RunArgs) -> Result<()> {
         keep: args.rotate_keep as usize,
     };
     let sink = Sink::open(args.output_path().as_deref(), rotation)?;
+    // Likewise the metrics port: one in use fails the start, nothing attached.
+    let metrics_listener = match args.metrics {
+        Some(addr) => Some(crate::metrics::bind(addr).await?),
+        None => None,
+    };
+    let metrics = match args.metrics {
+        Some(_) => Metrics::new(args.metrics_top_workloads.into()),
+        None => Metrics::disabled(),
+    };
     // Registered before attaching, so a signal during start-up still stops us cleanly.
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -130,6 +140,9 @@ async fn run_until_signal(args: RunArgs) -> Result<()> {
     // SAFETY: the ring buffer owns its fd and keeps it open while AsyncFd owns it.
     let mut events =
         unsafe { AsyncFd::register(kernel.take_events()?) }.context("polling the ring buffer")?;
+    if let Err(e) = metrics.watch_ring(std::os::fd::AsFd::as_fd(events.get_ref())) {
+        log::warn!("--metrics: the ring buffer's fill will not be reported: {e:#}");
+    }
     let stats_map = kernel.take_stats()?;
     let info = RunInfo {
         host_name: nix::unistd::gethostname()
@@ -197,7 +210,15 @@ async fn run_until_signal(args: RunArgs) -> Result<()> {
         crio: args.crio_socket.clone(),
     };
     let (resolver, mut answers) = Resolver::new(sockets, !args.no_runtime_metadata);
+    metrics.watch_queue(Arc::clone(&queue));
+    for iface in &info.interfaces {
+        metrics.set_attached(iface, true);
+    }
+    if let Some(listener) = metrics_listener {
+        crate::metrics::serve(listener, &metrics);
+    }
     let mut writer = EventWriter {
+        metrics,
         names: NameCache::default(),
         enricher: Enricher::new(processes, CgroupPaths::new(cgroup_root.clone()), resolver),
         policy,
@@ -237,6 +258,10 @@ async fn run_until_signal(args: RunArgs) -> Result<()> {
                     // them first, while their rule names still mean that.
                     writer.drain_all(events.get_mut(), &info, &mut out)?;
                     let event = reload_policy(path, args.mode, &cgroup_root, &mut kernel, &mut writer);
+                    match &event {
+                        Ok(_) => writer.metrics.policy_loaded(),
+                        Err(_) => writer.metrics.policy_rejected(),
+                    }
                     out.push(&ecs::policy_reload(&info, path, event), false)?;
                     out.send();
                 }
@@ -274,8 +299,10 @@ async fn run_until_signal(args: RunArgs) -> Result<()> {
                 for finding in writer.diagnoser.decide_due(SystemTime::now()) {
                     let interface = writer.names.name(finding.request.ifindex);
                     out.push(&traffic::finding(&finding, interface, &info), false)?;
+                    writer.metrics.finding(&finding);
                 }
                 let lost = stats::read(&stats_map)?.lost_events;
+                writer.metrics.set_kernel_lost(lost);
                 if lost > lost_reported {
                     out.push(&ecs::lost(&info, lost - lost_reported, lost), false)?;
                     out.send();
@@ -434,6 +461,8 @@ struct EventWriter {
     /// The policy in force, for naming the rule that decided.
     policy: Policy,
     diagnoser: Diagnoser,
+    /// `--metrics`: counts each record as it is written (a no-op without).
+    metrics: Metrics,
 }
 
 /// The event loop's end of the output: JSON lines cut from one buffer and
@@ -504,6 +533,7 @@ impl EventWriter {
         out: &mut Output,
     ) -> Result<usize> {
         let clock = BootClock::now();
+        self.metrics.sample_ring();
         let mut handled = 0;
         while handled < BATCH {
             let Some(record) = ring.next() else {
@@ -571,8 +601,10 @@ impl EventWriter {
                 &traffic::request(&request, &sender, &decision, interface, info),
                 true,
             )?;
+            self.metrics.request(&request, &sender, &decision);
             for finding in self.diagnoser.on_request(&request, &sender, Instant::now()) {
                 out.push(&traffic::finding(&finding, interface, info), false)?;
+                self.metrics.finding(&finding);
             }
         }
         out.send();
@@ -604,6 +636,7 @@ impl EventWriter {
         )?;
         for finding in findings {
             out.push(&traffic::finding(&finding, interface, info), false)?;
+            self.metrics.finding(&finding);
         }
         Ok(())
     }

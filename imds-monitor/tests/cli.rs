@@ -133,3 +133,19 @@ fn detach_with_nothing_pinned_says_so() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("nothing to detach"));
 }
+
+#[test]
+fn bad_metrics_address_names_the_option() {
+    for bad in ["9464", "localhost:9464", "127.0.0.1", "nonsense"] {
+        let out = imds_monitor(&["run", "--metrics", bad]);
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        let err = stderr(&out);
+        assert!(
+            err.contains("--metrics") && err.contains(bad) && err.contains("127.0.0.1:9464"),
+            "{err}"
+        );
+    }
+    let out = imds_monitor(&["run", "--metrics-top-workloads", "5000"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--metrics-top-workloads"));
+}

@@ -206,6 +206,11 @@ impl Queue {
         self.lock().totals.clone()
     }
 
+    /// Bytes queued now, the batch being written included (`--metrics`).
+    pub fn queued_bytes(&self) -> usize {
+        self.lock().bytes
+    }
+
     /// The write error while writing fails, if it does now.
     pub fn fault(&self) -> Option<String> {
         self.lock().fault.clone()
