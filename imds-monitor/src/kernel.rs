@@ -198,7 +198,18 @@ pub struct Kernel {
     pub persist: bool,
     /// `--kernel-log debug`: prints the programs' log lines.
     kernel_log: Option<crate::kernel_log::Reader>,
+    /// tracefs was found or mounted: the process tracepoints are attached.
+    tracepoints: bool,
 }
+
+/// `imds.degraded` when tracefs is missing and cannot be mounted.
+pub const TRACEFS_MISSING: &str = "process tracking: tracefs is not mounted and could not be \
+     mounted at /sys/kernel/tracing, so the exec, fork, exit and cgroup_mkdir tracepoints are \
+     not attached: requests are still classified and enforced and their senders named by the \
+     socket hooks, but processes started after the monitor are named from /proc when their \
+     request is seen (one that exited by then only by its kernel name and pid), and exceptions \
+     by executable or cgroup path do not cover processes and cgroups that start later \
+     (enforce mode drops their IMDSv1: it fails closed)";
 
 /// What the programs need to know before they are loaded.
 pub struct LoadOptions<'a> {
@@ -217,15 +228,26 @@ pub struct LoadOptions<'a> {
 impl Kernel {
     pub fn load(options: &LoadOptions<'_>) -> Result<Self> {
         raise_memlock_limit();
-        let tracefs = tracefs()?;
-        let child_pid_offset = fork_child_pid_offset(&tracefs)?;
-        let (mkdir_id, mkdir_path) = mkdir_offsets(&tracefs)?;
+        let mut degraded = Vec::new();
+        // No tracefs (and none can be mounted): the process tracepoints stay
+        // unattached and the rest runs (see TRACEFS_MISSING).
+        let tracefs = match tracefs() {
+            Ok(dir) => Some(dir),
+            Err(e) => {
+                log::warn!("{e:#}: running without the process tracepoints");
+                degraded.push(TRACEFS_MISSING);
+                None
+            }
+        };
+        let (child_pid_offset, (mkdir_id, mkdir_path)) = match &tracefs {
+            Some(dir) => (fork_child_pid_offset(dir)?, mkdir_offsets(dir)?),
+            None => (0, (0, 0)),
+        };
         let (mut cgroup_id, cgroup_level) = options.watched.map_or((0, 0), |w| (w.id, w.level));
         // `--cgroup` limits the process tracepoints to the subtree with
         // bpf_get_current_ancestor_cgroup_id, which tracepoints cannot call
         // before 5.15-ish (5.10 has it for socket programs only): there they
         // follow every process, and the daemon keeps only the subtree's.
-        let mut degraded = Vec::new();
         if cgroup_id != 0
             && !verifier::tracepoint_helper_supported(verifier::HELPER_ANCESTOR_CGROUP_ID)
         {
@@ -283,6 +305,7 @@ impl Kernel {
             pins: options.pins.clone(),
             persist: false,
             kernel_log: None,
+            tracepoints: tracefs.is_some(),
         })
     }
 
@@ -341,7 +364,7 @@ impl Kernel {
             }
             None => self.attachments.push(Attachment::SockOps(link)),
         }
-        for (name, category, event) in TRACEPOINTS {
+        for &(name, category, event) in TRACEPOINTS.iter().filter(|_| self.tracepoints) {
             let tp: &mut TracePoint = program(&mut self.ebpf, name)?.try_into()?;
             let link = tp
                 .attach(category, event)
@@ -403,15 +426,27 @@ impl Kernel {
         let pinned_link = pins
             .as_ref()
             .and_then(|p| PinnedLink::from_pin(p.link(&pin_name)).ok());
-        let link = match pinned_link {
-            // A predecessor's link: swap the program in place, with no
-            // moment without a classifier on the interface.
+        // A predecessor's link: swap the program in place, with no moment
+        // without a classifier on the interface. A link whose interface was
+        // deleted since (re-created or not) is dead (ENOLINK): attached anew.
+        let adopted = match pinned_link {
             Some(old) => {
                 let link = SchedClassifierLink::try_from(FdLink::from(old))?;
-                program
-                    .attach_to_link(link)
-                    .with_context(|| format!("adopting the pinned {pin_name} link"))?
+                match program.attach_to_link(link) {
+                    Ok(link) => Some(link),
+                    Err(e) => {
+                        log::warn!(
+                            "the pinned {pin_name} link cannot be adopted ({e}): {iface} was \
+                             deleted since; attaching anew"
+                        );
+                        None
+                    }
+                }
             }
+            None => None,
+        };
+        let link = match adopted {
+            Some(link) => link,
             None => {
                 let options = if tcx {
                     TcAttachOptions::TcxOrder(LinkOrder::default())
@@ -438,6 +473,64 @@ impl Kernel {
             }),
         }
         Ok(())
+    }
+
+    /// Attaches everything an interface gets: the classifier on egress,
+    /// the response reader on ingress, and with `passthrough` the empty
+    /// benchmark program (`--baseline-passthrough`). Used at start and when
+    /// an interface appears again (see `links`).
+    pub fn attach_interface(
+        &mut self,
+        iface: &str,
+        mode: AttachMode,
+        passthrough: bool,
+    ) -> Result<()> {
+        if passthrough {
+            self.attach_passthrough(iface, mode)?;
+        }
+        self.attach_egress(iface, mode)?;
+        self.attach_ingress(iface, mode)
+    }
+
+    /// The interface was deleted: its TCX links or its clsact qdisc and
+    /// filters went with the device. Forgets what was attached to it
+    /// (closing the links, unpinning their pins) without asking the gone
+    /// device, so the name can be attached to again when it reappears.
+    pub fn forget_interface(&mut self, iface: &str) {
+        let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.attachments)
+            .into_iter()
+            .partition(|a| match a {
+                Attachment::Tc { iface: name, .. } => name == iface,
+                Attachment::Pinned(name, _) => [CLASSIFIER, PASSTHROUGH, RESPONSES]
+                    .iter()
+                    .any(|p| name.strip_prefix(p) == Some(&format!("-{iface}"))),
+                _ => false,
+            });
+        self.attachments = kept;
+        for attachment in gone {
+            match attachment {
+                Attachment::Tc {
+                    program: name,
+                    link,
+                    ..
+                } => {
+                    // Dropping the owned link closes a TCX link's fd; a
+                    // clsact filter's detach fails on the gone device, and
+                    // the drop ignores that.
+                    if let Ok(tc) = program(&mut self.ebpf, name)
+                        .and_then(|p| <&mut SchedClassifier>::try_from(p).map_err(Into::into))
+                    {
+                        drop(tc.take_link(link));
+                    }
+                }
+                Attachment::Pinned(name, link) => {
+                    if let Err(e) = link.unpin() {
+                        log::warn!("unpinning {name} of the deleted {iface}: {e}");
+                    }
+                }
+                _ => {}
+            }
+        }
     }
 
     /// Interfaces the classifier is attached to.

@@ -16,6 +16,7 @@ mod event;
 mod interfaces;
 mod kernel;
 mod kernel_log;
+mod links;
 mod metrics;
 mod output;
 mod policy;

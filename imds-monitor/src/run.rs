@@ -10,6 +10,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use aya::maps::{MapData, RingBuf};
 use bytes::{BufMut as _, BytesMut};
 use imds_monitor_common::class::Verdict;
+use netlink_packet_route::RouteNetlinkMessage;
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
@@ -25,6 +26,7 @@ use crate::{
     event::{self, Record, Response},
     interfaces::{self, NameCache},
     kernel::{Kernel, LoadOptions, Pins},
+    links::{self, Change, KernelAttacher, LinkWatcher},
     metrics::Metrics,
     output::{
         ecs::{self, RunInfo},
@@ -130,12 +132,20 @@ async fn run_until_signal(args: RunArgs) -> Result<()> {
     kernel.apply_policy(&compile(&policy, args.mode, &cgroup_root)?)?;
     // Attribution first: every connection made once requests are watched has an owner.
     kernel.attach_attribution(&watched.dir)?;
+    // Link (and route) events from before the first attach on (see links).
+    let mut links = subscribe_links(&args, &endpoints, &mut kernel);
     for iface in &ifaces {
         if args.baseline_passthrough {
             kernel.attach_passthrough(iface, args.attach)?;
         }
         kernel.attach_egress(iface, args.attach)?;
         kernel.attach_ingress(iface, args.attach)?;
+    }
+    if let Some(watcher) = &mut links {
+        for iface in &ifaces {
+            let index = interfaces::index_of(iface).unwrap_or(0);
+            watcher.tracker.track(iface, index, true);
+        }
     }
     // SAFETY: the ring buffer owns its fd and keeps it open while AsyncFd owns it.
     let mut events =
@@ -144,7 +154,7 @@ async fn run_until_signal(args: RunArgs) -> Result<()> {
         log::warn!("--metrics: the ring buffer's fill will not be reported: {e:#}");
     }
     let stats_map = kernel.take_stats()?;
-    let info = RunInfo {
+    let mut info = RunInfo {
         host_name: nix::unistd::gethostname()
             .map(|h| h.to_string_lossy().into_owned())
             .unwrap_or_default(),
@@ -234,8 +244,22 @@ async fn run_until_signal(args: RunArgs) -> Result<()> {
     );
     let mut lost_reported = 0;
     let mut lost_check = tokio::time::interval(Duration::from_secs(1));
+    // Interfaces that are down or gone already say so now.
+    on_links(
+        &mut links,
+        None,
+        &mut kernel,
+        &args,
+        &mut info,
+        &mut writer,
+        &mut out,
+    )
+    .await?;
     let stdout_closed = loop {
         tokio::select! {
+            batch = next_links(&mut links) => {
+                on_links(&mut links, Some(batch), &mut kernel, &args, &mut info, &mut writer, &mut out).await?;
+            }
             // The kernel wakes us only for a backlog (BPF_RB_NO_WAKEUP
             // otherwise): events are collected every 20 ms, one push a batch.
             tick = poll.tick() => {
@@ -275,6 +299,8 @@ async fn run_until_signal(args: RunArgs) -> Result<()> {
                 }
                 // A container whose start was not seen (see Record::Exec).
                 writer.learn_containers();
+                // Link events a netlink overrun lost, failed attaches again.
+                on_links(&mut links, None, &mut kernel, &args, &mut info, &mut writer, &mut out).await?;
             }
             Some(answer) = answers.recv() => {
                 // A container's runtime metadata arrived: policy exceptions
@@ -390,6 +416,83 @@ fn stdout_closed_error(kernel: &mut Kernel, info: &RunInfo, queue: &Queue) -> an
          {} written{kept}",
         ecs::events(output.lines_written)
     )
+}
+
+/// Subscribes to link (and, without `--iface`, route) events; without
+/// them the daemon runs on and says so in `imds.degraded`.
+fn subscribe_links(
+    args: &RunArgs,
+    endpoints: &[std::net::SocketAddr],
+    kernel: &mut Kernel,
+) -> Option<LinkWatcher> {
+    match LinkWatcher::subscribe(args.ifaces.is_empty(), endpoints) {
+        Ok(watcher) => Some(watcher),
+        Err(e) => {
+            log::warn!("{e:#}: interfaces are not followed");
+            kernel.degraded.push(links::NOT_FOLLOWED);
+            None
+        }
+    }
+}
+
+/// The next batch of link and route events (never, without a subscription).
+async fn next_links(links: &mut Option<LinkWatcher>) -> Vec<RouteNetlinkMessage> {
+    match links {
+        Some(watcher) => watcher.next_batch().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Link and route events (`batch`), or a fresh look at every link (`None`):
+/// each change of a watched interface is a record (`interface-down`,
+/// `interface-up`, `interface-attached`, `interface-attach-failed`), and an
+/// interface that appears again is attached to (see links).
+async fn on_links(
+    links: &mut Option<LinkWatcher>,
+    batch: Option<Vec<RouteNetlinkMessage>>,
+    kernel: &mut Kernel,
+    args: &RunArgs,
+    info: &mut RunInfo,
+    writer: &mut EventWriter,
+    out: &mut Output,
+) -> Result<()> {
+    let Some(watcher) = links else {
+        return Ok(());
+    };
+    let mut attacher = KernelAttacher {
+        kernel,
+        mode: args.attach,
+        passthrough: args.baseline_passthrough,
+    };
+    let changes = match batch {
+        Some(batch) => watcher.on_batch(batch, &mut attacher).await,
+        None => watcher.resync(&mut attacher).await,
+    };
+    if changes.is_empty() {
+        return Ok(());
+    }
+    info.interfaces = kernel.interfaces();
+    for change in &changes {
+        let link = change.link();
+        match change {
+            Change::Down { deleted: true, .. } => {
+                log::warn!("{} (index {}) was deleted", link.name, link.index);
+                writer.names.forget(link.index);
+            }
+            Change::Down { .. } => log::warn!("{} (index {}) is down", link.name, link.index),
+            Change::Up { .. } => log::info!("{} (index {}) is up", link.name, link.index),
+            Change::Attached { .. } => {
+                log::info!("attached to {} (index {})", link.name, link.index)
+            }
+            Change::AttachFailed { error, .. } => {
+                log::warn!("attaching to {} (index {}): {error}", link.name, link.index)
+            }
+        }
+        writer.metrics.set_attached(&link.name, change.attached());
+        out.push(&ecs::link_change(info, change), false)?;
+    }
+    out.send();
+    Ok(())
 }
 
 /// A flow-table entry idle this long belongs to a connection that vanished

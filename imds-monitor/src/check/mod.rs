@@ -56,7 +56,7 @@ A program the verifier refuses is reported on one line: the program, the
 kernel, the verifier's reason and last instruction, and the file under
 /run/imds-monitor (or $TMPDIR) that holds the whole verifier log.
 
-Routes come from /proc/net/route and /proc/net/ipv6_route: nothing is
+Routes come from the main routing table, read over netlink: nothing is
 sent to IMDS.
 
 Exit status: 0 no check failed (warnings allowed), 1 a check failed, 2 bad

@@ -750,7 +750,7 @@ pub fn interface(
         })
         .collect();
     let routed = format!(
-        "{} (read from /proc/net/route and ipv6_route; nothing sent)",
+        "{} (read from the routing table over netlink; nothing sent)",
         routed.join(", ")
     );
     let here = || states.keys().cloned().collect::<Vec<_>>().join(", ");

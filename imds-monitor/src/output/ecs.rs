@@ -290,6 +290,95 @@ pub fn output_lost(info: &RunInfo, output: &str, loss: &Loss, lost_total: u64) -
     doc.into()
 }
 
+/// `interface-down`, `interface-up`, `interface-attached` and
+/// `interface-attach-failed`: what happened to a watched interface (see
+/// `links`). Only a failed attach is an alert: its traffic is not watched.
+pub fn link_change(info: &RunInfo, change: &crate::links::Change) -> Value {
+    use crate::links::Change;
+    let (action, kind) = match change {
+        Change::Down { .. } => ("interface-down", "event"),
+        Change::Up { .. } => ("interface-up", "event"),
+        Change::Attached { .. } => ("interface-attached", "event"),
+        Change::AttachFailed { .. } => ("interface-attach-failed", "alert"),
+    };
+    let (link, attached) = (change.link(), change.attached());
+    let mut doc = base(SystemTime::now(), action, kind, info);
+    let name = &link.name;
+    let index = link.index;
+    let (reason, message) = match change {
+        Change::Down { deleted: true, .. } => (
+            Some("deleted"),
+            format!(
+                "{name} (index {index}) was deleted: what was attached to it went with it; \
+                 an interface named {name} is attached to as soon as it appears"
+            ),
+        ),
+        Change::Down { .. } => (
+            Some("down"),
+            format!(
+                "{name} (index {index}) is down (administratively {}, operational state {}): \
+                 no traffic passes it; the programs stay attached",
+                if link.admin_up { "up" } else { "down" },
+                link.oper_state
+            ),
+        ),
+        Change::Up { .. } => (None, format!("{name} (index {index}) is up again")),
+        Change::Attached {
+            previous_index,
+            reason,
+            ..
+        } => (
+            Some(reason.as_str()),
+            match previous_index {
+                Some(previous) => format!(
+                    "{name} was re-created (index {index}, was {previous}): attached to it again"
+                ),
+                None => format!(
+                    "{name} (index {index}) now carries traffic to an endpoint: attached to it"
+                ),
+            },
+        ),
+        Change::AttachFailed { reason, error, .. } => {
+            doc.insert("error".into(), json!({ "message": error }));
+            (
+                Some(reason.as_str()),
+                format!(
+                    "attaching to {name} (index {index}) failed, its IMDS traffic is not \
+                     watched: {error}; tried again at its next change and every 30 s"
+                ),
+            )
+        }
+    };
+    if let Some(reason) = reason {
+        doc["event"]["reason"] = reason.into();
+    }
+    doc.insert("message".into(), message.into());
+    let mut details = Map::new();
+    details.insert("index".into(), index.into());
+    details.insert("admin_up".into(), link.admin_up.into());
+    details.insert("oper_state".into(), link.oper_state.clone().into());
+    details.insert("attached".into(), attached.into());
+    if let Change::Attached {
+        previous_index: Some(previous),
+        ..
+    } = change
+    {
+        details.insert("previous_index".into(), (*previous).into());
+    }
+    let mut imds = Map::new();
+    imds.insert("interface".into(), name.clone().into());
+    imds.insert("link".into(), details.into());
+    if matches!(change, Change::Attached { .. }) {
+        imds.insert("attach_method".into(), info.attach_method.into());
+    }
+    doc.insert("imds".into(), imds.into());
+    doc.insert(
+        "observer".into(),
+        json!({ "egress": { "interface": { "name": name, "id": index.to_string() } } }),
+    );
+    doc.into()
+}
+
 /// `1 event`, `2 events`.
 pub fn events(n: u64) -> String {
     if n == 1 {
@@ -373,6 +462,77 @@ mod tests {
         assert_eq!(doc["event"]["reason"], "ring_buffer_full");
         assert_eq!(doc["imds"]["lost_events"], 3);
         assert_eq!(doc["imds"]["lost_events_total"], 5);
+    }
+
+    #[test]
+    fn link_changes_name_the_interface_and_say_what_happened() {
+        use crate::links::{AttachReason, Change, Link};
+        let info = RunInfo::for_tests(Mode::Enforce);
+        let link = |index, up: bool| Link {
+            index,
+            name: "eth0".into(),
+            admin_up: up,
+            running: up,
+            oper_state: if up { "up" } else { "down" }.into(),
+        };
+        let doc = link_change(
+            &info,
+            &Change::Down {
+                link: link(2, false),
+                deleted: true,
+                attached: false,
+            },
+        );
+        assert_eq!(doc["event"]["action"], "interface-down");
+        assert_eq!(doc["event"]["kind"], "event");
+        assert_eq!(doc["event"]["reason"], "deleted");
+        assert_eq!(doc["imds"]["interface"], "eth0");
+        assert_eq!(doc["imds"]["link"]["index"], 2);
+        assert_eq!(doc["imds"]["link"]["attached"], false);
+        assert_eq!(doc["observer"]["egress"]["interface"]["id"], "2");
+        let doc = link_change(
+            &info,
+            &Change::Down {
+                link: link(2, false),
+                deleted: false,
+                attached: true,
+            },
+        );
+        assert_eq!(doc["event"]["reason"], "down");
+        assert_eq!(doc["imds"]["link"]["attached"], true);
+        assert_eq!(doc["imds"]["link"]["oper_state"], "down");
+        let doc = link_change(
+            &info,
+            &Change::Attached {
+                link: link(7, false),
+                previous_index: Some(2),
+                reason: AttachReason::Recreated,
+            },
+        );
+        assert_eq!(doc["event"]["action"], "interface-attached");
+        assert_eq!(doc["event"]["reason"], "recreated");
+        assert_eq!(doc["imds"]["link"]["previous_index"], 2);
+        assert_eq!(doc["imds"]["attach_method"], "tcx");
+        let doc = link_change(
+            &info,
+            &Change::Up {
+                link: link(7, true),
+                attached: true,
+            },
+        );
+        assert_eq!(doc["event"]["action"], "interface-up");
+        assert!(doc["event"].get("reason").is_none(), "left out, never null");
+        let doc = link_change(
+            &info,
+            &Change::AttachFailed {
+                link: link(7, false),
+                reason: AttachReason::Route,
+                error: "no such device".into(),
+            },
+        );
+        assert_eq!(doc["event"]["kind"], "alert");
+        assert_eq!(doc["error"]["message"], "no such device");
+        assert!(doc["imds"]["link"].get("previous_index").is_none());
     }
 
     #[test]

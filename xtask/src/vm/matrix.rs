@@ -23,6 +23,7 @@ pub const GUEST_TESTS: &[&str] = &[
     "lifecycle",
     "fail_closed",
     "verifier_budget",
+    "host_faults",
     "kernel_log",
 ];
 
