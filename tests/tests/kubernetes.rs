@@ -418,6 +418,7 @@ fn daemonset_mounts_and_capabilities_suffice_for_check() {
             "NET_ADMIN" => 12,
             "SYS_PTRACE" => 19,
             "SYS_ADMIN" => 21,
+            "SYS_RESOURCE" => 24,
             "PERFMON" => 38,
             "BPF" => 39,
             other => panic!("capability {other}: add its number here"),

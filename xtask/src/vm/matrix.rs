@@ -25,6 +25,7 @@ pub const GUEST_TESTS: &[&str] = &[
     "verifier_budget",
     "host_faults",
     "kernel_log",
+    "daemonset",
 ];
 
 /// libtest arguments for a test binary in the guests, where TCG makes

@@ -1,5 +1,5 @@
 //! The kernel matrix: boots Debian's cloud kernels (5.10, 6.1, 6.12) under
-//! qemu and runs a command in each, in a chroot of this machine's own root
+//! qemu and runs a command in each, with this machine's own root as its root
 //! (shared read-only over virtiofs, tmpfs overlay on top, no network).
 //!
 //! Everything lives under `target/kernel-matrix/`: private apt lists and
