@@ -354,13 +354,17 @@ async fn run_until_signal(args: RunArgs) -> Result<()> {
     // Every request line queued before monitor-stopped is written before it.
     let printed = output.requests_written + output.requests_queued;
     out.push(
-        &ecs::stopped(
-            &info,
-            &totals,
-            printed,
-            writer.enricher.partial_count,
-            writer.diagnoser.dropped_candidates(),
-            &output,
+        &ecs::with_cache_sizes(
+            ecs::stopped(
+                &info,
+                &totals,
+                printed,
+                writer.enricher.partial_count,
+                writer.diagnoser.dropped_candidates(),
+                &output,
+            ),
+            writer.enricher.processes.len(),
+            writer.enricher.cgroups.entries(),
         ),
         false,
     )?;

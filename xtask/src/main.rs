@@ -130,6 +130,8 @@ IMDS_MONITOR_BIN set to the built imds-monitor. Arguments go to imds-bench.
 
 Examples:
   cargo xtask bench
+  cargo xtask bench -- --phase workloads
+  cargo xtask bench -- --soak --soak-duration 180
   cargo xtask bench -- --help")]
     Bench(run::PassArgs),
 

@@ -231,6 +231,17 @@ pub fn stopped(
     doc.into()
 }
 
+/// Adds the sizes of the daemon's caches at the end of the run to a
+/// `monitor-stopped` record (`imds.counters.process_cache_entries`,
+/// `imds.counters.cgroup_cache_entries`), so a soak can see them bounded.
+pub fn with_cache_sizes(mut doc: Value, process_cache: usize, cgroup_cache: usize) -> Value {
+    if let Some(counters) = doc["imds"]["counters"].as_object_mut() {
+        counters.insert("process_cache_entries".into(), process_cache.into());
+        counters.insert("cgroup_cache_entries".into(), cgroup_cache.into());
+    }
+    doc
+}
+
 /// `event.action: "events-lost"`, `event.reason: "ring_buffer_full"`: the
 /// ring buffer overflowed; never silent.
 pub fn lost(info: &RunInfo, lost_since_last: u64, lost_total: u64) -> Value {
@@ -416,6 +427,10 @@ mod tests {
         assert_eq!(doc["imds"]["counters"]["fallback_candidates_dropped"], 7);
         assert_eq!(doc["imds"]["counters"]["untracked_segments"], 5);
         assert_eq!(doc["imds"]["counters"]["unreadable_packets"], 0);
+        let doc = with_cache_sizes(doc, 120, 35);
+        assert_eq!(doc["imds"]["counters"]["process_cache_entries"], 120);
+        assert_eq!(doc["imds"]["counters"]["cgroup_cache_entries"], 35);
+        assert_eq!(doc["imds"]["counters"]["lost_events"], 1);
     }
 
     fn at(secs: u64) -> SystemTime {

@@ -129,6 +129,17 @@ impl Daemon {
     /// SIGINT, waits for a clean exit, and returns the last line, which
     /// must be `monitor-stopped`.
     pub fn stop(mut self) -> Result<Value> {
+        self.stop_inner()
+    }
+
+    /// [`Daemon::stop`], then `read` with the last line and the events
+    /// file, before the file is removed.
+    pub fn stop_then<R>(mut self, read: impl FnOnce(&Value, &Path) -> Result<R>) -> Result<R> {
+        let last = self.stop_inner()?;
+        read(&last, &self.tail.path)
+    }
+
+    fn stop_inner(&mut self) -> Result<Value> {
         // SAFETY: kill(2) on our own child's pid.
         if unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGINT) } != 0 {
             return Err(std::io::Error::last_os_error()).context("kill");
@@ -190,13 +201,26 @@ impl Tail {
             return Ok(());
         };
         file.seek(SeekFrom::Start(self.pos))?;
-        let mut new = Vec::new();
-        self.pos += file.read_to_end(&mut new)? as u64;
-        self.partial.extend_from_slice(&new);
+        // A MiB at a time: after a long load the file holds gigabytes.
+        let mut chunk = vec![0u8; 1 << 20];
+        loop {
+            let n = file.read(&mut chunk)?;
+            if n == 0 {
+                return Ok(());
+            }
+            self.pos += n as u64;
+            self.partial.extend_from_slice(&chunk[..n]);
+            self.take_lines();
+        }
+    }
+
+    /// Counts the complete lines of `partial` and keeps the rest.
+    fn take_lines(&mut self) {
         let Some(end) = self.partial.iter().rposition(|b| *b == b'\n') else {
-            return Ok(());
+            return;
         };
         let complete: Vec<u8> = self.partial.drain(..=end).collect();
+        let mut last = None;
         for line in complete.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
             if self.first.is_none() {
                 self.first = Some(line.to_vec());
@@ -204,9 +228,11 @@ impl Tail {
             if line.windows(REQUEST_MARK.len()).any(|w| w == REQUEST_MARK) {
                 self.requests += 1;
             }
+            last = Some(line);
+        }
+        if let Some(line) = last {
             self.last = Some(line.to_vec());
         }
-        Ok(())
     }
 }
 

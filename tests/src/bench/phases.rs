@@ -73,7 +73,7 @@ fn load_place() -> Place {
     Place::service("imds-bench-load")
 }
 
-const MONITOR_ARGS: [&str; 4] = ["--iface", "eth0", "--mode", "alert"];
+pub const MONITOR_ARGS: [&str; 4] = ["--iface", "eth0", "--mode", "alert"];
 
 /// The counters of the daemon's `monitor-stopped` line.
 #[derive(Debug, Clone, Copy, Default)]
@@ -82,10 +82,18 @@ pub struct DaemonCounters {
     pub classified: u64,
     pub events_written: u64,
     pub lost_events: u64,
+    /// Events the output could not take, and the most bytes ever queued
+    /// for it (the daemon's output queue high-water mark).
+    pub output_lost_events: u64,
+    pub output_queue_peak_bytes: u64,
+    pub attribution_partial: u64,
+    /// The daemon's caches at its end (daemons that report them).
+    pub process_cache_entries: Option<u64>,
+    pub cgroup_cache_entries: Option<u64>,
 }
 
 impl DaemonCounters {
-    fn of(last: &Value) -> Result<Self> {
+    pub fn of(last: &Value) -> Result<Self> {
         if last["event"]["action"] != "monitor-stopped" {
             bail!("the daemon's last line is not monitor-stopped: {last}");
         }
@@ -99,12 +107,17 @@ impl DaemonCounters {
             classified,
             events_written: num(&counters["events_written"]),
             lost_events: num(&counters["lost_events"]),
+            output_lost_events: num(&counters["output_lost_events"]),
+            output_queue_peak_bytes: num(&counters["output_queue_peak_bytes"]),
+            attribution_partial: num(&counters["attribution_partial"]),
+            process_cache_entries: counters["process_cache_entries"].as_u64(),
+            cgroup_cache_entries: counters["cgroup_cache_entries"].as_u64(),
         })
     }
 }
 
 /// How long the daemon may take, after the load, to write what it owes.
-const CATCH_UP: Duration = Duration::from_secs(10);
+pub const CATCH_UP: Duration = Duration::from_secs(10);
 
 // ---------------------------------------------------------------- kernel cost
 

@@ -434,19 +434,29 @@ impl Report {
 /// Replaces the results section of the file at `path` (or appends one, or
 /// creates the file), leaving the hand-written text around it alone.
 pub fn write_results(path: &Path, section: &str) -> Result<()> {
+    write_section(path, section, MD_START, MD_END)
+}
+
+/// [`write_results`] for a section between other markers.
+pub fn write_section(path: &Path, section: &str, start: &str, end: &str) -> Result<()> {
     let old = match std::fs::read_to_string(path) {
         Ok(s) => s,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => "# Benchmarks\n".to_owned(),
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     };
-    let new = replace_section(&old, section);
+    let new = replace_between(&old, section, start, end);
     std::fs::write(path, new).with_context(|| format!("cannot write {}", path.display()))
 }
 
+#[cfg(test)]
 fn replace_section(old: &str, section: &str) -> String {
-    match (old.find(MD_START), old.find(MD_END)) {
+    replace_between(old, section, MD_START, MD_END)
+}
+
+fn replace_between(old: &str, section: &str, start_mark: &str, end_mark: &str) -> String {
+    match (old.find(start_mark), old.find(end_mark)) {
         (Some(start), Some(end)) if end > start => {
-            let after = &old[end + MD_END.len()..];
+            let after = &old[end + end_mark.len()..];
             let after = after.strip_prefix('\n').unwrap_or(after);
             format!("{}{section}{after}", &old[..start])
         }
@@ -458,7 +468,7 @@ fn short_name(row: &KernelRow) -> &str {
     row.workload.split(' ').next().unwrap_or(&row.workload)
 }
 
-fn pass(ok: bool) -> &'static str {
+pub(super) fn pass(ok: bool) -> &'static str {
     if ok { "PASS" } else { "FAIL" }
 }
 
@@ -467,7 +477,7 @@ fn opt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
 }
 
 /// Nanoseconds: one decimal below 100 ns, where it still means something.
-fn ns(v: f64) -> String {
+pub(super) fn ns(v: f64) -> String {
     if v < 100.0 {
         format!("{v:.1}")
     } else {
@@ -475,12 +485,12 @@ fn ns(v: f64) -> String {
     }
 }
 
-fn mib(bytes: u64) -> String {
+pub(super) fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / f64::from(1u32 << 20))
 }
 
 /// 12345 → "12,345".
-fn thousands(n: u64) -> String {
+pub(super) fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
@@ -492,7 +502,7 @@ fn thousands(n: u64) -> String {
     out
 }
 
-fn text_table<H: AsRef<str>>(header: &[H], rows: &[Vec<String>]) -> String {
+pub(super) fn text_table<H: AsRef<str>>(header: &[H], rows: &[Vec<String>]) -> String {
     let header: Vec<&str> = header.iter().map(AsRef::as_ref).collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
@@ -515,7 +525,7 @@ fn text_table<H: AsRef<str>>(header: &[H], rows: &[Vec<String>]) -> String {
     out
 }
 
-fn md_table<H: AsRef<str>>(header: &[H], rows: &[Vec<String>]) -> String {
+pub(super) fn md_table<H: AsRef<str>>(header: &[H], rows: &[Vec<String>]) -> String {
     let header: Vec<&str> = header.iter().map(AsRef::as_ref).collect();
     let mut out = format!("| {} |\n", header.join(" | "));
     out.push_str(&format!("|{}\n", "---|".repeat(header.len())));

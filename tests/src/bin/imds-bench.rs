@@ -7,6 +7,13 @@
 //! 3. Lost events at 5,000 requests/s.
 //! 4. The classifier per packet type, in isolation: the daemon's eBPF object
 //!    run with `BPF_PROG_TEST_RUN` on hand-made packets, caches warm and cold.
+//! 5. `workloads`: 50 concurrent workloads (host services and NATed
+//!    containers, new and keep-alive connections) at 5,000 and 10,000 req/s:
+//!    exactly-once and attribution per request, ring-buffer and output-queue
+//!    high-water marks, lost events.
+//! 6. `--soak` only (not in CI, not by default): 200 req/s for 10 minutes
+//!    while containers and processes come and go; RSS and the eBPF maps must
+//!    stay bounded.
 //!
 //! Targets are reported as PASS or FAIL, never enforced: the exit code is 0
 //! unless something could not be measured. Run it with `cargo xtask bench`
@@ -17,19 +24,41 @@ mod bench;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use imds_sandbox::{Sandbox, imds_monitor_bin, is_root};
 
 use bench::phases::{self, Plan};
 use bench::procfs::{self, Machine};
 use bench::report::{self, Report};
+use bench::report_load::{self, Header};
+use bench::workloads;
+
+/// Parts of the benchmark `--phase` picks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Phase {
+    /// Kernel cost, the daemon under load, lost events, the isolated classifier (1-4).
+    Core,
+    /// 50 concurrent workloads at 5,000 and 10,000 req/s.
+    Workloads,
+    /// The soak with churn (same as --soak).
+    Soak,
+}
 
 #[derive(Debug, Parser)]
 #[command(
     version,
-    about = "Benchmark of imds-monitor in an EC2-like sandbox (needs root)"
+    about = "Benchmark of imds-monitor in an EC2-like sandbox (needs root)",
+    after_help = "\
+Examples:
+  imds-bench                                   core and workloads phases
+  imds-bench --quick                           the same, a few seconds each
+  imds-bench --phase workloads --write-md      50 workloads at 5,000 and 10,000 req/s
+  imds-bench --phase workloads --workloads-duration 5 --workloads-rates 1000
+  imds-bench --phase soak --soak-duration 180  the soak with churn, 3 minutes
+  imds-bench --soak --write-md                 everything, the soak 10 minutes"
 )]
 struct Args {
     /// Shorter loads (a few seconds in all) for a quick check.
@@ -45,12 +74,39 @@ struct Args {
     /// at once (default 8; 1 = a new connection per request).
     #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..=10))]
     burst_pipeline: Option<u32>,
+    /// Run only these phases (repeatable; default: core and workloads, and
+    /// soak with --soak).
+    #[arg(long, value_enum, value_name = "NAME")]
+    phase: Vec<Phase>,
+    /// Seconds each rate of the workloads phase lasts (default 60; 3 with --quick).
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    workloads_duration: Option<u64>,
+    /// Total request rates of the workloads phase (default 5000,10000).
+    #[arg(long, value_name = "RATES", value_delimiter = ',', value_parser = clap::value_parser!(u32).range(50..=100_000))]
+    workloads_rates: Vec<u32>,
+    /// Also run the soak with churn (10 minutes by default; not in CI).
+    #[arg(long)]
+    soak: bool,
+    /// Seconds the soak lasts (default 600).
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(10..=86_400))]
+    soak_duration: Option<u64>,
     /// The file --write-md rewrites.
     #[arg(long, value_name = "PATH", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../BENCHMARKS.md"))]
     md_path: PathBuf,
 }
 
 fn main() -> ExitCode {
+    // `imds-bench worker ...`: one workload process of phases 5 and 6.
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some(bench::worker::WORKER_ARG) {
+        return match bench::worker::main(&argv[1..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("imds-bench worker: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let args = Args::parse();
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
@@ -76,11 +132,89 @@ fn run(args: &Args) -> Result<()> {
     plan.burst_clients = args.burst_clients.unwrap_or(plan.burst_clients);
     plan.burst_pipeline = args.burst_pipeline.unwrap_or(plan.burst_pipeline);
     eprintln!("imds-bench: daemon {}", monitor.display());
-
+    let selected = |p: Phase| {
+        if args.phase.is_empty() {
+            p != Phase::Soak || args.soak
+        } else {
+            args.phase.contains(&p) || (p == Phase::Soak && args.soak)
+        }
+    };
     let load_at_start = procfs::load_average();
+    let header = Header {
+        machine: Machine::read(),
+        date: report::today(),
+        command: command_line(),
+        load_at_start: load_at_start.clone(),
+    };
+    if selected(Phase::Core) {
+        core(args, &plan, &monitor, load_at_start)?;
+    }
+    if selected(Phase::Workloads) {
+        let duration =
+            Duration::from_secs(
+                args.workloads_duration
+                    .unwrap_or(if args.quick { 3 } else { 60 }),
+            );
+        let rates = if args.workloads_rates.is_empty() {
+            vec![5_000, 10_000]
+        } else {
+            args.workloads_rates.clone()
+        };
+        let sandbox = workloads::build(workloads::containers_needed())?;
+        let mut runs = Vec::new();
+        for rate in rates {
+            eprintln!(
+                "imds-bench: [workloads] {} workloads at {rate} req/s for {duration:?}",
+                workloads::WORKLOADS
+            );
+            runs.push(workloads::load(&sandbox, rate, duration)?);
+        }
+        drop(sandbox);
+        print!("{}", report_load::workloads_text(&runs));
+        if args.write_md {
+            write_md(
+                args,
+                &report_load::workloads_markdown(&header, &runs),
+                report_load::WORKLOADS_START,
+                report_load::WORKLOADS_END,
+            )?;
+        }
+    }
+    if selected(Phase::Soak) {
+        let duration = Duration::from_secs(args.soak_duration.unwrap_or(600));
+        let plan = workloads::SoakPlan::new(duration);
+        eprintln!(
+            "imds-bench: [soak] {} req/s for {duration:?}, a container a second, {} processes a second",
+            plan.rate, plan.process_rate
+        );
+        let sandbox = workloads::build(4)?;
+        let run = workloads::soak(&sandbox, &plan)?;
+        drop(sandbox);
+        print!("{}", report_load::soak_text(&run));
+        if args.write_md {
+            write_md(
+                args,
+                &report_load::soak_markdown(&header, &run),
+                report_load::SOAK_START,
+                report_load::SOAK_END,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn write_md(args: &Args, section: &str, start: &str, end: &str) -> Result<()> {
+    report::write_section(&args.md_path, section, start, end)?;
+    let path = args.md_path.canonicalize().unwrap_or(args.md_path.clone());
+    eprintln!("imds-bench: wrote {}", path.display());
+    Ok(())
+}
+
+/// Phases 1-4 and their report.
+fn core(args: &Args, plan: &Plan, monitor: &std::path::Path, load_at_start: String) -> Result<()> {
     let sandbox = Sandbox::builder().build().context("building the sandbox")?;
     eprintln!("imds-bench: [1/4] kernel cost per packet and per request");
-    let kernel = phases::kernel_cost(&sandbox, &plan)?;
+    let kernel = phases::kernel_cost(&sandbox, plan)?;
     eprintln!(
         "imds-bench: [2/4] daemon at {} req/s for {:?}",
         plan.steady_rate, plan.steady_duration
@@ -100,7 +234,7 @@ fn run(args: &Args) -> Result<()> {
     )?;
     drop(sandbox);
     eprintln!("imds-bench: [4/4] the classifier per packet type, in isolation");
-    let isolated = bench::isolated::measure(&monitor, plan.isolated_iterations)?;
+    let isolated = bench::isolated::measure(monitor, plan.isolated_iterations)?;
 
     let report = Report {
         machine: Machine::read(),
