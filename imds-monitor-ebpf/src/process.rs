@@ -166,9 +166,16 @@ pub fn imds_fork(ctx: TracePointContext) -> u32 {
         return 0;
     };
     let parent = (bpf_get_current_pid_tgid() >> 32) as u32;
-    // A child runs its parent's program until it execs.
-    if let Some(bits) = unsafe { PROC_EXEMPT.get(&parent) }.copied() {
-        let _ = PROC_EXEMPT.insert(&(child as u32), &bits, 0);
+    // A child runs its parent's program until it execs. A parent without an
+    // entry passes on none: an entry left under the child's (reused) pid by a
+    // process that is gone must not exempt it.
+    match unsafe { PROC_EXEMPT.get(&parent) }.copied() {
+        Some(bits) => {
+            let _ = PROC_EXEMPT.insert(&(child as u32), &bits, 0);
+        }
+        None => {
+            let _ = PROC_EXEMPT.remove(&(child as u32));
+        }
     }
     task_event(kind::FORK, parent, child as u32);
     0
@@ -180,6 +187,9 @@ pub fn imds_exit(_ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     if tgid == pid_tgid as u32 && followed() {
+        // Its exemption ends with it (the map stays small, and a reused pid
+        // starts without one).
+        let _ = PROC_EXEMPT.remove(&tgid);
         task_event(kind::EXIT, tgid, 0);
     }
     0
