@@ -42,7 +42,10 @@ const APT_BASE: &[(&str, &str)] = &[
     ("nftables", "tests: mock IMDS address, blocking"),
     ("iproute2", "tests: netns and veth"),
     ("curl", "tests and demo: IMDS clients"),
-    ("python3-venv", "tests: botocore and prometheus-client from PyPI"),
+    (
+        "python3-venv",
+        "tests: botocore and prometheus-client from PyPI",
+    ),
     ("python3-yaml", "tests: the DaemonSet manifest"),
 ];
 
