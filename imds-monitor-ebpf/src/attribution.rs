@@ -34,8 +34,16 @@ pub static CONNECTS: LruHashMap<u64, Owner> = LruHashMap::with_max_entries(16384
 #[map]
 pub static BY_SEQUENCE: LruHashMap<SeqKey, Owner> = LruHashMap::with_max_entries(16384, 0);
 
+/// A connection's BY_SEQUENCE key by socket cookie, so that its close can
+/// remove it (the sequence number is long past its initial one by then).
+#[map]
+pub static SEQ_KEYS: LruHashMap<u64, SeqKey> = LruHashMap::with_max_entries(16384, 0);
+
 const ALLOW: i32 = 1;
 const BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: u32 = 4;
+const BPF_SOCK_OPS_STATE_CB: u32 = 10;
+const BPF_SOCK_OPS_STATE_CB_FLAG: u32 = 1 << 2;
+const BPF_TCP_CLOSE: u32 = 7;
 const LINUX_AF_INET: u32 = 2;
 const LINUX_AF_INET6: u32 = 10;
 
@@ -98,8 +106,21 @@ fn record_connect(ctx: &SockAddrContext) {
 
 #[sock_ops]
 pub fn imds_sockops(ctx: SockOpsContext) -> u32 {
-    if ctx.op() == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB {
-        on_established(&ctx);
+    match ctx.op() {
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => on_established(&ctx),
+        // Only for the connections on_established asked it for.
+        BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == BPF_TCP_CLOSE => {
+            // The socket is gone: so are its owner and its entry by initial
+            // sequence number (the maps keep live connections instead of
+            // filling up until LRU eviction).
+            let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+            if let Some(key) = unsafe { SEQ_KEYS.get(&cookie) } {
+                let _ = BY_SEQUENCE.remove(key);
+            }
+            let _ = SEQ_KEYS.remove(&cookie);
+            let _ = CONNECTS.remove(&cookie);
+        }
+        _ => {}
     }
     0
 }
@@ -139,10 +160,15 @@ fn on_established(ctx: &SockOpsContext) {
         }
         _ => return,
     }
+    // Tell this connection's close (BPF_SOCK_OPS_STATE_CB) to remove its owner.
+    let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     if let Some(owner) = unsafe { CONNECTS.get(&cookie) } {
-        if let Err(e) = BY_SEQUENCE.insert(&key, owner, 0) {
-            crate::debug::owner_lost(1, e, owner.tgid);
+        match BY_SEQUENCE.insert(&key, owner, 0) {
+            Ok(()) => {
+                let _ = SEQ_KEYS.insert(&cookie, &key, 0);
+            }
+            Err(e) => crate::debug::owner_lost(1, e, owner.tgid),
         }
     }
 }

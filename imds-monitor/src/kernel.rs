@@ -72,13 +72,14 @@ enum Attachment {
 
 /// Maps whose state enforcement needs across a daemon's restart: the flows
 /// being judged, owners, the policy, the actions, and the event queue.
-const PINNED_MAPS: [&str; 14] = [
+const PINNED_MAPS: [&str; 15] = [
     "FLOWS",
     "EVENTS",
     "STATS",
     "ACTIONS",
     "CONNECTS",
     "BY_SEQUENCE",
+    "SEQ_KEYS",
     "EXEMPT_CGROUPS",
     "EXEMPT_PATHS",
     "EXEMPT_LEAVES",

@@ -16,10 +16,11 @@ use anyhow::{Context, Result, bail};
 use aya::maps::{MapFd, MapInfo, MapType};
 
 /// The daemon's maps the soak watches, by kernel name (15 bytes at most).
-pub const WATCHED: [&str; 7] = [
+pub const WATCHED: [&str; 8] = [
     "FLOWS",
     "CONNECTS",
     "BY_SEQUENCE",
+    "SEQ_KEYS",
     "PENDING_EXECS",
     "PROC_EXEMPT",
     "EXEMPT_CGROUPS",
