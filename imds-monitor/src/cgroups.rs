@@ -12,15 +12,6 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use procfs::process::MountInfo;
 
-/// The cgroup2 mount point, from mountinfo text (see [`cgroup2_mount_of`]).
-pub fn cgroup2_mount_in(mountinfo: &str) -> Option<PathBuf> {
-    let mounts: Vec<MountInfo> = mountinfo
-        .lines()
-        .filter_map(|line| MountInfo::from_line(line).ok())
-        .collect();
-    cgroup2_mount_of(&mounts)
-}
-
 /// The cgroup2 mount whose directories are the whole hierarchy, so a
 /// cgroup id (an inode) is found by walking it and its paths are the ones
 /// the host sees.
@@ -245,6 +236,15 @@ impl CgroupPaths {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The cgroup2 mount point, from mountinfo text.
+    fn cgroup2_mount_in(mountinfo: &str) -> Option<PathBuf> {
+        let mounts: Vec<MountInfo> = mountinfo
+            .lines()
+            .filter_map(|line| MountInfo::from_line(line).ok())
+            .collect();
+        cgroup2_mount_of(&mounts)
+    }
 
     #[test]
     fn finds_cgroup2_in_hybrid_and_unified_layouts() {

@@ -1,6 +1,6 @@
-//! Gathers what the rules need from this machine: files under /proc and
-//! /sys, a bpf() probe, a bounded walk of the cgroup2 tree, and a load of the
-//! embedded programs. Sends no packet anywhere: routes come from /proc/net.
+//! Gathers what the rules need from this machine: files under /proc (parsed
+//! by `procfs`) and /sys, a bpf() probe, a bounded walk of the cgroup2 tree,
+//! and a load of the embedded programs. Sends no packet anywhere.
 
 use std::{
     collections::BTreeMap,
@@ -9,6 +9,8 @@ use std::{
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
+
+use procfs::process::{MountInfos, Process, Status};
 
 use super::rules::{BpfProbe, IfState, ProgramLoad, Tally, Tracefs, VMLINUX_BTF, Version};
 use crate::{
@@ -25,7 +27,26 @@ pub fn read(path: impl AsRef<Path>) -> Option<String> {
     fs::read_to_string(path).ok()
 }
 
-/// `uname -r`.
+/// /proc/self/status; `None` if it cannot be read or parsed.
+pub fn status() -> Option<Status> {
+    Process::myself().and_then(|me| me.status()).ok()
+}
+
+/// /proc/self/mountinfo; no mounts if it cannot be read or parsed.
+pub fn mounts() -> MountInfos {
+    Process::myself()
+        .and_then(|me| me.mountinfo())
+        .unwrap_or_else(|_| MountInfos(Vec::new()))
+}
+
+/// The arguments in /proc/cmdline; none if it cannot be read.
+pub fn cmdline() -> Vec<String> {
+    procfs::cmdline().unwrap_or_default()
+}
+
+/// `uname -r`. A plain read: procfs 0.18 has only
+/// `procfs::sys::kernel::Version::current()`, which keeps the numbers and
+/// drops the rest (`-fc-v1300`) that findings and reports show.
 pub fn release() -> String {
     read("/proc/sys/kernel/osrelease").unwrap_or_default()
 }

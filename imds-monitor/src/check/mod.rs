@@ -2,9 +2,10 @@
 //! `warn` or `FAIL`, with what was found and how to fix it; exit status 0
 //! when `run` can work here.
 //!
-//! [`rules`] decides each check from plain inputs (file contents, numbers)
-//! and is unit-tested with other hosts' files; [`host`] gathers the inputs
-//! on this machine. Nothing is sent to an endpoint or anywhere else.
+//! [`rules`] decides each check from plain inputs (file contents, as parsed
+//! by `procfs`, numbers) and is unit-tested with other hosts' files; [`host`]
+//! gathers the inputs on this machine. Nothing is sent to an endpoint or
+//! anywhere else.
 
 mod host;
 mod rules;
@@ -204,25 +205,30 @@ fn run_checks(args: &CheckArgs) -> Vec<Finding> {
     } else {
         args.endpoints.clone()
     };
-    let status = host::read("/proc/self/status").unwrap_or_default();
-    let mountinfo = host::read("/proc/self/mountinfo").unwrap_or_default();
-    let cap_eff = rules::parse_cap_eff(&status);
+    let status = host::status();
+    let mounts = host::mounts();
+    let cap_eff = status.as_ref().map(|s| s.capeff);
     let caps_ok = cap_eff.is_some_and(|c| rules::missing_caps(c).is_empty());
 
     let mut findings = vec![
         rules::kernel(&host::release(), host::effective_version()),
         rules::btf(host::btf_size()),
-        rules::privileges(&status),
-        rules::bpf_syscall(&host::bpf_probe(), caps_ok, rules::parse_seccomp(&status)),
+        rules::privileges(status.as_ref()),
+        rules::bpf_syscall(
+            &host::bpf_probe(),
+            caps_ok,
+            status.as_ref().and_then(|s| s.seccomp),
+        ),
+        // procfs 0.18 has no accessor for this sysctl.
         rules::unprivileged_bpf(
             host::read("/proc/sys/kernel/unprivileged_bpf_disabled").as_deref(),
         ),
         rules::lockdown(
             host::read("/sys/kernel/security/lockdown").as_deref(),
-            &host::read("/proc/cmdline").unwrap_or_default(),
+            &host::cmdline(),
         ),
-        rules::cgroup2(&mountinfo),
-        rules::bpffs(&mountinfo),
+        rules::cgroup2(&mounts),
+        rules::bpffs(&mounts),
     ];
     let can_mount = cap_eff.is_some_and(|c| c & (1 << rules::CAP_SYS_ADMIN) != 0);
     let tracefs = host::tracefs(can_mount);
@@ -252,7 +258,7 @@ fn run_checks(args: &CheckArgs) -> Vec<Finding> {
         .unwrap_or_else(|_| endpoints.iter().map(|e| (*e, None)).collect());
     findings.push(rules::interface(&routes, &args.ifaces, &host::interfaces()));
 
-    findings.push(match cgroups::cgroup2_mount_in(&mountinfo) {
+    findings.push(match cgroups::cgroup2_mount_of(&mounts.0) {
         Some(root) => {
             let (tally, stopped) = host::walk_cgroups(&root);
             rules::containers(&root.display().to_string(), &tally, stopped.as_deref())

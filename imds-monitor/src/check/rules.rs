@@ -1,6 +1,7 @@
 //! One pure function per check: the facts gathered from the host go in, a
 //! [`Finding`] comes out. Nothing here reads the machine, so every rule is
-//! unit-tested with the file contents of other hosts.
+//! unit-tested with the file contents of other hosts (parsed by `procfs`, as
+//! the host's own are).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -8,6 +9,8 @@ use std::{
     net::SocketAddr,
     path::PathBuf,
 };
+
+use procfs::process::{MountInfos, Status as ProcStatus};
 
 use super::{Check, Finding, Status};
 use crate::{
@@ -179,33 +182,6 @@ fn cap_name(cap: u32) -> &'static str {
     }
 }
 
-/// The value of `Key:` in /proc/PID/status.
-pub fn status_field<'a>(status: &'a str, key: &str) -> Option<&'a str> {
-    status.lines().find_map(|line| {
-        let (k, v) = line.split_once(':')?;
-        (k == key).then(|| v.trim())
-    })
-}
-
-/// The effective capability set: `CapEff:\t000001ffffffffff`.
-pub fn parse_cap_eff(status: &str) -> Option<u64> {
-    u64::from_str_radix(status_field(status, "CapEff")?, 16).ok()
-}
-
-/// The effective uid: the second of `Uid:\treal\teffective\tsaved\tfs`.
-pub fn parse_euid(status: &str) -> Option<u32> {
-    status_field(status, "Uid")?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
-/// `Seccomp:` 0 none, 1 strict, 2 filter.
-pub fn parse_seccomp(status: &str) -> Option<u32> {
-    status_field(status, "Seccomp")?.parse().ok()
-}
-
 fn has(cap_eff: u64, cap: u32) -> bool {
     cap_eff & (1 << cap) != 0
 }
@@ -224,15 +200,17 @@ pub fn missing_caps(cap_eff: u64) -> Vec<&'static str> {
         .collect()
 }
 
-/// From /proc/self/status.
-pub fn privileges(status: &str) -> Finding {
-    let euid = parse_euid(status);
+/// From /proc/self/status; `None` if it could not be read or parsed (procfs
+/// wants, among others, the `Uid:` and `CapEff:` lines).
+pub fn privileges(status: Option<&ProcStatus>) -> Finding {
+    // The effective uid: the second of `Uid:\treal\teffective\tsaved\tfs`.
+    let euid = status.map(|s| s.euid);
     let who = match euid {
         Some(0) => "uid 0".to_owned(),
         Some(uid) => format!("uid {uid} (not root)"),
         None => "uid unknown".to_owned(),
     };
-    let Some(cap_eff) = parse_cap_eff(status) else {
+    let Some(cap_eff) = status.map(|s| s.capeff) else {
         return Finding::warn(
             Check::Privileges,
             format!("{who}; no CapEff line in /proc/self/status"),
@@ -296,7 +274,7 @@ fn errno_text(errno: i32) -> String {
 }
 
 /// `caps_ok`: the privileges check found what is needed; `seccomp`: the
-/// `Seccomp:` mode of this process.
+/// `Seccomp:` mode of this process (0 none, 1 strict, 2 filter).
 pub fn bpf_syscall(probe: &BpfProbe, caps_ok: bool, seccomp: Option<u32>) -> Finding {
     let failed = match probe.map {
         Err(errno) => Some(("bpf(BPF_MAP_CREATE) of an array map".to_owned(), errno)),
@@ -388,12 +366,13 @@ pub fn parse_lockdown(file: &str) -> Option<&str> {
 }
 
 /// `file`: /sys/kernel/security/lockdown, `None` if securityfs is not
-/// mounted; `cmdline`: /proc/cmdline, for a `lockdown=` there.
-pub fn lockdown(file: Option<&str>, cmdline: &str) -> Finding {
+/// mounted; `cmdline`: the arguments in /proc/cmdline, for a `lockdown=` there.
+pub fn lockdown(file: Option<&str>, cmdline: &[String]) -> Finding {
     let Some(file) = file else {
+        // procfs splits at spaces only: the last argument keeps the newline.
         let requested = cmdline
-            .split_whitespace()
-            .find_map(|arg| arg.strip_prefix("lockdown="));
+            .iter()
+            .find_map(|arg| arg.trim().strip_prefix("lockdown="));
         let detail = match requested {
             Some(mode) => format!(
                 "not readable (securityfs not mounted at /sys/kernel/security); \
@@ -433,36 +412,10 @@ pub fn lockdown(file: Option<&str>, cmdline: &str) -> Finding {
 
 // ---------------------------------------------------------------- mounts
 
-/// One line of /proc/self/mountinfo, the fields the checks read.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Mount<'a> {
-    pub point: &'a str,
-    pub fstype: &'a str,
-    pub super_options: &'a str,
-}
-
-/// Parses mountinfo: `<id> <parent> <maj:min> <root> <point> <options>
-/// [optional fields] - <fstype> <source> <super options>`.
-pub fn parse_mountinfo(mountinfo: &str) -> Vec<Mount<'_>> {
-    mountinfo
-        .lines()
-        .filter_map(|line| {
-            let (before, after) = line.split_once(" - ")?;
-            let point = before.split_whitespace().nth(4)?;
-            let mut after = after.split_whitespace();
-            let fstype = after.next()?;
-            let super_options = after.nth(1).unwrap_or("");
-            Some(Mount {
-                point,
-                fstype,
-                super_options,
-            })
-        })
-        .collect()
-}
-
-pub fn cgroup2(mountinfo: &str) -> Finding {
-    let Some(root) = crate::cgroups::cgroup2_mount_in(mountinfo) else {
+/// From /proc/self/mountinfo; the cgroup2 root is the one `run` uses
+/// ([`crate::cgroups::cgroup2_mount_of`]).
+pub fn cgroup2(mounts: &MountInfos) -> Finding {
+    let Some(root) = crate::cgroups::cgroup2_mount_of(&mounts.0) else {
         return Finding::fail(
             Check::Cgroup2,
             "cgroup v2 is not mounted (no cgroup2 line in /proc/self/mountinfo): the socket \
@@ -472,8 +425,7 @@ pub fn cgroup2(mountinfo: &str) -> Finding {
              then sits in its root, so no container is told apart)",
         );
     };
-    let mounts = parse_mountinfo(mountinfo);
-    let v1: Vec<&Mount<'_>> = mounts.iter().filter(|m| m.fstype == "cgroup").collect();
+    let v1: Vec<_> = mounts.iter().filter(|m| m.fs_type == "cgroup").collect();
     let root = root.display();
     if v1.is_empty() {
         return Finding::ok(Check::Cgroup2, format!("cgroup2 at {root} (unified)"));
@@ -483,9 +435,7 @@ pub fn cgroup2(mountinfo: &str) -> Finding {
         v1.len()
     );
     let net_v1 = v1.iter().any(|m| {
-        m.super_options
-            .split(',')
-            .any(|o| o == "net_cls" || o == "net_prio")
+        m.super_options.contains_key("net_cls") || m.super_options.contains_key("net_prio")
     });
     if net_v1 {
         return Finding::warn(
@@ -504,13 +454,14 @@ pub fn cgroup2(mountinfo: &str) -> Finding {
 
 pub const BPFFS: &str = "/sys/fs/bpf";
 
-pub fn bpffs(mountinfo: &str) -> Finding {
-    let points: Vec<&str> = parse_mountinfo(mountinfo)
-        .into_iter()
-        .filter(|m| m.fstype == "bpf")
-        .map(|m| m.point)
+/// From /proc/self/mountinfo.
+pub fn bpffs(mounts: &MountInfos) -> Finding {
+    let points: Vec<String> = mounts
+        .iter()
+        .filter(|m| m.fs_type == "bpf")
+        .map(|m| m.mount_point.to_string_lossy().into_owned())
         .collect();
-    if points.contains(&BPFFS) {
+    if points.iter().any(|p| p == BPFFS) {
         return Finding::ok(Check::Bpffs, format!("mounted at {BPFFS}"));
     }
     let elsewhere = if points.is_empty() {
@@ -988,24 +939,45 @@ mod tests {
         assert!(missing.fix.unwrap().contains("CONFIG_DEBUG_INFO_BTF=y"));
     }
 
-    fn status_file(uid: u32, cap_eff: &str) -> String {
+    use procfs::FromRead as _;
+
+    /// /proc/PID/status with the lines procfs requires; `uids`: real,
+    /// effective, saved, fs.
+    fn status_text(uids: [u32; 4], cap_eff: &str) -> String {
+        let [r, e, s, f] = uids;
         format!(
-            "Name:\tcat\nUmask:\t0022\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\nGid:\t0\t0\t0\t0\n\
-             CapInh:\t0000000000000000\nCapPrm:\t{cap_eff}\nCapEff:\t{cap_eff}\n\
-             CapBnd:\t000001ffffffffff\nNoNewPrivs:\t0\nSeccomp:\t2\n"
+            "Name:\tcat\nUmask:\t0022\nState:\tR (running)\nTgid:\t955\nPid:\t955\n\
+             PPid:\t950\nTracerPid:\t0\nUid:\t{r}\t{e}\t{s}\t{f}\nGid:\t0\t0\t0\t0\n\
+             FDSize:\t256\nGroups:\t \nThreads:\t1\nSigQ:\t0/96367\n\
+             SigPnd:\t0000000000000000\nShdPnd:\t0000000000000000\n\
+             SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n\
+             SigCgt:\t0000000000000000\nCapInh:\t0000000000000000\nCapPrm:\t{cap_eff}\n\
+             CapEff:\t{cap_eff}\nCapBnd:\t000001ffffffffff\nNoNewPrivs:\t0\nSeccomp:\t2\n"
         )
+    }
+
+    fn parse_status(text: &str) -> Option<ProcStatus> {
+        ProcStatus::from_read(text.as_bytes()).ok()
+    }
+
+    fn status_file(uid: u32, cap_eff: &str) -> ProcStatus {
+        parse_status(&status_text([uid; 4], cap_eff)).expect("fixture parses")
     }
 
     #[test]
     fn status_fields_parse() {
         let s = status_file(1000, "000001fffeffffff");
-        assert_eq!(parse_cap_eff(&s), Some(0x0000_01ff_feff_ffff));
-        assert_eq!(parse_euid(&s), Some(1000));
-        assert_eq!(parse_seccomp(&s), Some(2));
+        assert_eq!(s.capeff, 0x0000_01ff_feff_ffff);
+        assert_eq!(s.euid, 1000);
+        assert_eq!(s.seccomp, Some(2));
         // Real uid 1000, effective 0 (setuid): the effective one counts.
-        assert_eq!(parse_euid("Uid:\t1000\t0\t0\t0\n"), Some(0));
-        assert_eq!(parse_cap_eff("Name:\tx\n"), None);
-        assert_eq!(parse_cap_eff("CapEff:\tzz\n"), None);
+        let setuid = parse_status(&status_text([1000, 0, 0, 0], "0")).unwrap();
+        assert_eq!(setuid.euid, 0);
+        // Without a CapEff line, or with a bad one, there is no status.
+        let no_cap_eff = status_text([0; 4], "0").replace("CapEff:\t0\n", "");
+        assert!(parse_status(&no_cap_eff).is_none());
+        assert!(parse_status(&status_text([0; 4], "zz")).is_none());
+        assert!(parse_status("Name:\tx\n").is_none());
     }
 
     #[test]
@@ -1028,7 +1000,7 @@ mod tests {
     #[test]
     fn privileges_of_root_capabilities_and_containers() {
         // Root on this kind of host: everything (bit 24 cleared does not matter).
-        let root = privileges(&status_file(0, "000001fffeffffff"));
+        let root = privileges(Some(&status_file(0, "000001fffeffffff")));
         assert_eq!(root.status, Status::Ok, "{}", root.detail);
         assert!(
             root.detail
@@ -1036,7 +1008,7 @@ mod tests {
         );
 
         // Root in a default Docker container.
-        let docker = privileges(&status_file(0, "00000000a80425fb"));
+        let docker = privileges(Some(&status_file(0, "00000000a80425fb")));
         assert_eq!(docker.status, Status::Fail);
         assert!(
             docker.detail.contains("capabilities dropped"),
@@ -1051,16 +1023,16 @@ mod tests {
             | (1 << CAP_PERFMON)
             | (1 << CAP_SYS_ADMIN)
             | (1 << CAP_SYS_PTRACE);
-        let user = privileges(&status_file(1000, &format!("{caps:016x}")));
+        let user = privileges(Some(&status_file(1000, &format!("{caps:016x}"))));
         assert_eq!(user.status, Status::Ok, "{}", user.detail);
         assert!(user.detail.contains("not root"));
 
         let no_ptrace = caps & !(1 << CAP_SYS_PTRACE);
-        let warn = privileges(&status_file(1000, &format!("{no_ptrace:016x}")));
+        let warn = privileges(Some(&status_file(1000, &format!("{no_ptrace:016x}"))));
         assert_eq!(warn.status, Status::Warn);
         assert!(warn.detail.contains("CAP_SYS_PTRACE"));
 
-        let plain = privileges(&status_file(1000, "0000000000000000"));
+        let plain = privileges(Some(&status_file(1000, "0000000000000000")));
         assert_eq!(plain.status, Status::Fail);
         assert!(
             plain
@@ -1068,7 +1040,9 @@ mod tests {
                 .contains("missing CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN")
         );
 
-        assert_eq!(privileges("Uid:\t0\t0\t0\t0\n").status, Status::Warn);
+        // A status procfs cannot parse (here: no CapEff line).
+        let unparsed = parse_status("Uid:\t0\t0\t0\t0\n");
+        assert_eq!(privileges(unparsed.as_ref()).status, Status::Warn);
     }
 
     #[test]
@@ -1130,6 +1104,10 @@ mod tests {
         );
     }
 
+    fn cmdline(text: &str) -> Vec<String> {
+        procfs::KernelCmdline::from_read(text.as_bytes()).unwrap().0
+    }
+
     #[test]
     fn lockdown_modes() {
         assert_eq!(
@@ -1142,23 +1120,34 @@ mod tests {
         );
         assert_eq!(parse_lockdown("none integrity"), None);
         assert_eq!(
-            lockdown(Some("[none] integrity confidentiality"), "").detail,
+            lockdown(Some("[none] integrity confidentiality"), &[]).detail,
             "none"
         );
-        let integrity = lockdown(Some("none [integrity] confidentiality"), "");
+        let integrity = lockdown(Some("none [integrity] confidentiality"), &[]);
         assert_eq!(integrity.status, Status::Ok);
         assert!(integrity.detail.contains("bpf_probe_write_user"));
-        let conf = lockdown(Some("none integrity [confidentiality]"), "");
+        let conf = lockdown(Some("none integrity [confidentiality]"), &[]);
         assert_eq!(conf.status, Status::Warn);
         assert!(conf.detail.contains("tracefs"));
-        let unmounted = lockdown(None, "quiet lockdown=integrity ro");
+        let unmounted = lockdown(None, &cmdline("quiet lockdown=integrity ro\n"));
         assert_eq!(unmounted.status, Status::Ok);
         assert!(
             unmounted.detail.contains("lockdown=integrity"),
             "{}",
             unmounted.detail
         );
-        assert!(lockdown(None, "quiet").detail.contains("no lockdown="));
+        // The last argument, with the newline procfs leaves on it.
+        let last = lockdown(None, &cmdline("quiet lockdown=integrity\n"));
+        assert!(
+            last.detail.ends_with("lockdown=integrity"),
+            "{}",
+            last.detail
+        );
+        assert!(
+            lockdown(None, &cmdline("quiet\n"))
+                .detail
+                .contains("no lockdown=")
+        );
     }
 
     #[test]
@@ -1187,24 +1176,24 @@ mod tests {
 34 30 0:30 / /sys/fs/cgroup/net_cls,net_prio rw shared:13 - cgroup cgroup rw,net_cls,net_prio
 ";
 
+    fn mounts(text: &str) -> MountInfos {
+        MountInfos::from_read(text.as_bytes()).expect("fixture parses")
+    }
+
     #[test]
     fn mountinfo_fields() {
-        let mounts = parse_mountinfo(HYBRID);
-        assert_eq!(mounts.len(), 6);
-        assert_eq!(
-            mounts[2],
-            Mount {
-                point: "/sys/fs/cgroup/unified",
-                fstype: "cgroup2",
-                super_options: "rw,nsdelegate"
-            }
-        );
-        assert_eq!(mounts[5].fstype, "tracefs");
+        let mounts = mounts(HYBRID);
+        assert_eq!(mounts.0.len(), 6);
+        let unified = &mounts.0[2];
+        assert_eq!(unified.mount_point, PathBuf::from("/sys/fs/cgroup/unified"));
+        assert_eq!(unified.fs_type, "cgroup2");
+        assert!(unified.super_options.contains_key("nsdelegate"));
+        assert_eq!(mounts.0[5].fs_type, "tracefs");
     }
 
     #[test]
     fn cgroup2_unified_hybrid_and_missing() {
-        let unified = cgroup2(UNIFIED);
+        let unified = cgroup2(&mounts(UNIFIED));
         assert_eq!(unified.status, Status::Ok);
         assert!(
             unified.detail.contains("/sys/fs/cgroup (unified)"),
@@ -1212,7 +1201,7 @@ mod tests {
             unified.detail
         );
 
-        let hybrid = cgroup2(HYBRID);
+        let hybrid = cgroup2(&mounts(HYBRID));
         assert_eq!(hybrid.status, Status::Ok);
         assert!(
             hybrid
@@ -1222,7 +1211,7 @@ mod tests {
             hybrid.detail
         );
 
-        let legacy = cgroup2(LEGACY_WITH_NET);
+        let legacy = cgroup2(&mounts(LEGACY_WITH_NET));
         assert_eq!(legacy.status, Status::Fail);
         assert!(
             legacy
@@ -1234,15 +1223,15 @@ mod tests {
         let net = format!(
             "{LEGACY_WITH_NET}31 30 0:27 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n"
         );
-        let net = cgroup2(&net);
+        let net = cgroup2(&mounts(&net));
         assert_eq!(net.status, Status::Warn);
         assert!(net.detail.contains("net_cls"), "{}", net.detail);
     }
 
     #[test]
     fn bpffs_mounted_elsewhere_or_not_at_all() {
-        assert_eq!(bpffs(UNIFIED).status, Status::Ok);
-        let missing = bpffs(HYBRID);
+        assert_eq!(bpffs(&mounts(UNIFIED)).status, Status::Ok);
+        let missing = bpffs(&mounts(HYBRID));
         assert_eq!(missing.status, Status::Warn);
         assert!(
             missing
@@ -1250,7 +1239,7 @@ mod tests {
                 .unwrap()
                 .starts_with("mount -t bpf bpf /sys/fs/bpf")
         );
-        let elsewhere = bpffs("1 2 0:3 / /run/bpf rw - bpf bpf rw\n");
+        let elsewhere = bpffs(&mounts("1 2 0:3 / /run/bpf rw - bpf bpf rw\n"));
         assert!(
             elsewhere.detail.contains("mounted at /run/bpf"),
             "{}",
