@@ -1,7 +1,7 @@
 //! Loads the kernel programs and attaches the classifier to interfaces;
 //! detaches everything it attached when dropped.
 
-use std::{fs, path::Path, process::Command};
+use std::{fs, path::Path};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
@@ -23,7 +23,7 @@ use aya::{
 use imds_monitor_common::config::{Endpoints, ExemptBits};
 use imds_monitor_common::flow::{FlowKey, FlowState};
 
-use crate::{cgroups::Subtree, policy::compile::Compiled, verifier};
+use crate::{cgroups::Subtree, policy::compile::Compiled, tc_filters, verifier};
 
 const OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/imds-monitor-ebpf"));
 const CLASSIFIER: &str = "imds_classify";
@@ -408,14 +408,32 @@ impl Kernel {
             AttachMode::Netlink => false,
         };
         let mut added_clsact = false;
+        // Filters of a daemon killed with SIGKILL outlive it. They go only
+        // once the new filter is attached (make-before-break): in enforce
+        // mode a moment without a classifier would let IMDSv1 through.
+        let mut stale = Vec::new();
+        // 0: the kernel picks (in front of the first filter there).
+        let mut priority = 0;
         if !tcx {
-            // Filters of a daemon killed with SIGKILL outlive it: remove them first.
-            if tc::qdisc_detach_program(iface, direction, name).is_ok() {
-                log::warn!("removed a stale {name} filter from {iface}");
+            let clsact = ClsactFilters::read(iface, direction);
+            stale = clsact.ours(name);
+            if !stale.is_empty() {
+                priority = clsact.free_priority();
             }
             match tc::qdisc_add_clsact(iface) {
                 Ok(()) => added_clsact = true,
-                Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {
+                    // A clsact qdisc holding nothing but a killed
+                    // predecessor's filters is the one it added: removed
+                    // on stop, as the predecessor would have, unless
+                    // another of our attachments on `iface` decided already.
+                    added_clsact = !stale.is_empty()
+                        && clsact.only_ours()
+                        && !self
+                            .attachments
+                            .iter()
+                            .any(|a| matches!(a, Attachment::Tc { iface: i, .. } if i == iface));
+                }
                 Err(e) => {
                     return Err(e).with_context(|| format!("adding the clsact qdisc to {iface}"));
                 }
@@ -452,13 +470,32 @@ impl Kernel {
                 let options = if tcx {
                     TcAttachOptions::TcxOrder(LinkOrder::default())
                 } else {
-                    TcAttachOptions::Netlink(NlOptions::default())
+                    TcAttachOptions::Netlink(NlOptions {
+                        priority,
+                        ..NlOptions::default()
+                    })
                 };
                 program
                     .attach_with_options(iface, direction, options)
                     .with_context(|| format!("attaching {name} to {iface} ({direction:?})"))?
             }
         };
+        // The new filter classifies (at a priority none of them uses): the
+        // stale ones can go now, exactly those and not the new one.
+        for filter in &stale {
+            match tc_filters::delete(ClsactFilters::ifindex(iface), hook(direction), filter) {
+                Ok(()) => log::warn!(
+                    "removed a stale {name} filter from {iface} (pref {}, handle {:#x})",
+                    filter.priority,
+                    filter.handle
+                ),
+                Err(e) => log::warn!(
+                    "removing the stale {name} filter (pref {}, handle {:#x}) from {iface}: {e}",
+                    filter.priority,
+                    filter.handle
+                ),
+            }
+        }
         self.method = if tcx { "tcx" } else { "netlink" };
         match pins {
             Some(pins) => {
@@ -858,15 +895,78 @@ impl Drop for Kernel {
     }
 }
 
-/// aya has no qdisc delete; iproute2 is on every host that has TC at all.
+/// aya has no qdisc delete: `tc qdisc del dev IFACE clsact` over netlink.
 fn remove_clsact(iface: &str) {
-    match Command::new("tc")
-        .args(["qdisc", "del", "dev", iface, "clsact"])
-        .status()
-    {
-        Ok(s) if s.success() => {}
-        Ok(s) => log::warn!("`tc qdisc del dev {iface} clsact` exited with {s}"),
-        Err(e) => log::warn!("removing the clsact qdisc from {iface}: {e}"),
+    if let Err(e) = tc_filters::delete_clsact(ClsactFilters::ifindex(iface)) {
+        log::warn!("removing the clsact qdisc from {iface}: {e}");
+    }
+}
+
+fn hook(direction: TcAttachType) -> tc_filters::Hook {
+    match direction {
+        TcAttachType::Ingress => tc_filters::Hook::Ingress,
+        _ => tc_filters::Hook::Egress,
+    }
+}
+
+/// The filters on an interface's clsact qdisc, both hooks, as `attach`
+/// found them before attaching (nothing when they cannot be read: then
+/// the attach itself reports the interface's problem).
+struct ClsactFilters {
+    this_hook: Vec<tc_filters::Filter>,
+    other_hook: Vec<tc_filters::Filter>,
+}
+
+impl ClsactFilters {
+    fn ifindex(iface: &str) -> u32 {
+        nix::net::if_::if_nametoindex(iface).unwrap_or(0)
+    }
+
+    fn read(iface: &str, direction: TcAttachType) -> Self {
+        let index = Self::ifindex(iface);
+        let read = |hook| {
+            tc_filters::list(index, hook).unwrap_or_else(|e| {
+                log::debug!("listing the clsact filters of {iface} ({hook:?}): {e}");
+                Vec::new()
+            })
+        };
+        let this = hook(direction);
+        let other = match this {
+            tc_filters::Hook::Ingress => tc_filters::Hook::Egress,
+            tc_filters::Hook::Egress => tc_filters::Hook::Ingress,
+        };
+        Self {
+            this_hook: read(this),
+            other_hook: read(other),
+        }
+    }
+
+    /// Filters on this hook running our program `name`.
+    fn ours(&self, name: &str) -> Vec<tc_filters::Filter> {
+        self.this_hook
+            .iter()
+            .filter(|f| f.runs(name))
+            .cloned()
+            .collect()
+    }
+
+    /// Whether every filter on the qdisc (chain heads aside) runs one of
+    /// our programs.
+    fn only_ours(&self) -> bool {
+        self.this_hook
+            .iter()
+            .chain(&self.other_hook)
+            .filter(|f| f.handle != 0)
+            .all(|f| {
+                [CLASSIFIER, RESPONSES, PASSTHROUGH]
+                    .iter()
+                    .any(|p| f.runs(p))
+            })
+    }
+
+    /// A priority no filter on this hook uses.
+    fn free_priority(&self) -> u16 {
+        tc_filters::free_priority(&self.this_hook)
     }
 }
 

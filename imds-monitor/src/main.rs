@@ -25,6 +25,7 @@ mod report;
 mod run;
 mod runtime;
 mod stats;
+mod tc_filters;
 mod tick;
 mod verifier;
 mod workload;

@@ -398,3 +398,115 @@ fn persist_until_detach(attach: &[&str]) {
     );
     assert!(!dir.exists());
 }
+
+/// The same across a SIGKILL and a restart with clsact filters (kernels
+/// before 6.6, forced here with `--attach netlink`): the restarted daemon
+/// attaches its filter before it removes the killed one's (make-before-
+/// break), so no request meets an interface without a classifier; the
+/// final stop leaves neither filters nor the clsact qdisc behind.
+#[test]
+fn clsact_enforcement_has_no_gap_across_sigkill_and_a_restart() {
+    let sb = Sandbox::builder().hop_limit(2).build().expect("sandbox");
+    let _cleanup = imds_sandbox::PinsGuard(imds_sandbox::pin_dir(&sb));
+    let iface = sb.host_ifname();
+    let args = ["--mode", "enforce", "--attach", "netlink"];
+    let first = Monitor::start(&sb, &args).expect("monitor");
+    assert_eq!(first.started_event()["imds"]["attach_method"], "netlink");
+    let before = classifier_prefs(&sb, iface);
+    assert_eq!(before.len(), 1, "one classifier filter on {iface}");
+    let url = "http://169.254.169.254/latest/meta-data/iam/security-credentials/";
+    let looper = Place::service("looper");
+    let results = std::thread::scope(|scope| {
+        let client = scope.spawn(|| {
+            (0..30)
+                .map(|_| {
+                    let out = sb.curl(&looper, &["--max-time", "3", url]).expect("curl");
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                    out.exit_code
+                })
+                .collect::<Vec<_>>()
+        });
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert!(!first.kill().expect("SIGKILL").success());
+        // No daemon for a while: the killed one's filters keep enforcing.
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        assert_eq!(
+            classifier_prefs(&sb, iface),
+            before,
+            "the filter outlives it"
+        );
+        let second = Monitor::start(&sb, &args).expect("restart");
+        // The stale filter went once the new one, at another priority, was in.
+        let after = classifier_prefs(&sb, iface);
+        assert_eq!(after.len(), 1, "only the new filter: {after:?}");
+        assert_ne!(after, before, "attached at a free priority");
+        let codes = client.join().expect("client");
+        let stopped = second.stop().expect("stop");
+        assert!(stopped.status.success(), "{}", stopped.stderr);
+        assert!(
+            stopped
+                .stderr
+                .contains("removed a stale imds_classify filter"),
+            "{}",
+            stopped.stderr
+        );
+        let reported = stopped
+            .requests()
+            .iter()
+            .filter(|r| r["imds"]["verdict"] == "dropped")
+            .count();
+        assert!(reported > 0, "the restarted daemon reports again");
+        codes
+    });
+    assert_eq!(results.len(), 30);
+    assert!(
+        results.iter().all(|c| *c == Some(CURL_RECV_ERROR)),
+        "every request reset, none answered, none hanging: {results:?}"
+    );
+    assert!(
+        sb.imds_log().iter().all(|r| r.method != "GET"),
+        "no IMDSv1 request reached IMDS: {:#?}",
+        sb.imds_log()
+    );
+    // A clean stop removes the filters and the qdisc the first daemon added.
+    for direction in ["egress", "ingress"] {
+        let filters = host_tc(&sb, &["filter", "show", "dev", iface, direction]);
+        assert!(
+            filters.trim().is_empty(),
+            "{direction} of {iface}: {filters}"
+        );
+    }
+    let qdiscs = host_tc(&sb, &["qdisc", "show", "dev", iface]);
+    assert!(!qdiscs.contains("clsact"), "{qdiscs}");
+    assert_eq!(sb.curl(&looper, &[url]).unwrap().status, Some(200));
+}
+
+/// `tc` in the sandbox's host namespace.
+fn host_tc(sb: &Sandbox, args: &[&str]) -> String {
+    let out = sb
+        .host_netns()
+        .command("tc")
+        .expect("tc")
+        .args(args)
+        .output()
+        .expect("tc");
+    assert!(
+        out.status.success(),
+        "tc {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The priorities (`pref`) of the classifier's filters on egress of `iface`.
+fn classifier_prefs(sb: &Sandbox, iface: &str) -> Vec<String> {
+    host_tc(sb, &["filter", "show", "dev", iface, "egress"])
+        .lines()
+        .filter(|line| line.contains("imds_classify"))
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            words.find(|w| *w == "pref")?;
+            words.next().map(str::to_owned)
+        })
+        .collect()
+}
