@@ -447,6 +447,17 @@ fn attach(
 /// How long after a link event the ones that follow are waited for, to be
 /// handled together.
 const COALESCE: Duration = Duration::from_millis(20);
+/// A netlink dump that has not ended by then is given up (and tried again
+/// at the next event or check): the event loop waits for it, and a dump
+/// whose end was lost (a receive-buffer overrun) would otherwise stall
+/// every event behind it.
+const DUMP_LIMIT: Duration = Duration::from_secs(3);
+
+async fn within_dump_limit<T>(what: &str, dump: impl Future<Output = Result<T>>) -> Result<T> {
+    tokio::time::timeout(DUMP_LIMIT, dump)
+        .await
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("{what}: no answer within {DUMP_LIMIT:?}")))
+}
 
 /// The next message; never, once the subscription ended.
 async fn receive(
@@ -606,20 +617,24 @@ impl LinkWatcher {
     }
 
     async fn links(&self) -> Result<Vec<Link>> {
-        let mut dump = self.handle.link().get().execute();
-        let mut links = Vec::new();
-        while let Some(msg) = dump
-            .try_next()
-            .await
-            .context("dumping the links (RTM_GETLINK)")?
-        {
-            links.extend(Link::from_message(&msg));
-        }
-        Ok(links)
+        let dump = async {
+            let mut dump = self.handle.link().get().execute();
+            let mut links = Vec::new();
+            while let Some(msg) = dump
+                .try_next()
+                .await
+                .context("dumping the links (RTM_GETLINK)")?
+            {
+                links.extend(Link::from_message(&msg));
+            }
+            Ok(links)
+        };
+        within_dump_limit("dumping the links (RTM_GETLINK)", dump).await
     }
 
     async fn follow_routes(&mut self, attacher: &mut dyn Attacher) -> Vec<Change> {
-        let snapshot = match Snapshot::read(&self.handle).await {
+        let read = Snapshot::read(&self.handle);
+        let snapshot = match within_dump_limit("dumping the routes", read).await {
             Ok(s) => s,
             Err(e) => {
                 log::warn!("re-reading the routes to the endpoints: {e:#}");
