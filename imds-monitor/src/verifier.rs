@@ -777,7 +777,7 @@ fn log_dir() -> PathBuf {
     std::env::temp_dir()
 }
 
-/// Writes `log` to `<dir>/verifier-<program>-<UTC timestamp>.log`.
+/// Writes `log` to `<dir>/verifier-<program>-<UTC timestamp>-<pid>-<n>.log`.
 fn save_log(program: &str, log: &str) -> Result<PathBuf> {
     let stamp = humantime::format_rfc3339_millis(SystemTime::now())
         .to_string()
@@ -792,7 +792,12 @@ fn save_log(program: &str, log: &str) -> Result<PathBuf> {
             }
         })
         .collect();
-    let path = log_dir().join(format!("verifier-{safe}-{stamp}.log"));
+    // Never another log's name: two daemons (or two loads in one) can be
+    // rejected within the same millisecond.
+    static SEQUENCE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = SEQUENCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let pid = std::process::id();
+    let path = log_dir().join(format!("verifier-{safe}-{stamp}-{pid}-{n}.log"));
     fs::write(&path, log).with_context(|| format!("writing {}", path.display()))?;
     Ok(path)
 }
