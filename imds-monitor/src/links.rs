@@ -492,6 +492,12 @@ pub struct LinkWatcher {
     messages: Messages,
     /// Taken from `messages`, not handled yet.
     pending: Vec<RouteNetlinkMessage>,
+    /// When the batch in `pending` is handed out: its first message's
+    /// arrival plus [`COALESCE`]. Kept across calls, because the event
+    /// loop drops `next_batch` whenever another branch is ready (its 20 ms
+    /// collection tick among them): a window restarted on every call would
+    /// never close while events flow.
+    batch_until: Option<tokio::time::Instant>,
     closed: bool,
     /// No `--iface`: follow the routes to `endpoints`.
     by_route: bool,
@@ -514,6 +520,7 @@ impl LinkWatcher {
             handle,
             messages,
             pending: Vec::new(),
+            batch_until: None,
             closed: false,
             by_route,
             endpoints: endpoints.to_vec(),
@@ -522,9 +529,9 @@ impl LinkWatcher {
     }
 
     /// The next batch of events: waits for one, then takes what follows
-    /// within [`COALESCE`]; or an empty batch when a held "down" is due
-    /// (see [`Tracker::on_batch`]). Cancel-safe: what was taken waits in
-    /// `pending`.
+    /// within [`COALESCE`] of it; or an empty batch when a held "down" is
+    /// due (see [`Tracker::on_batch`]). Cancel-safe: what was taken waits in
+    /// `pending`, and the batch's deadline in `batch_until`.
     pub async fn next_batch(&mut self) -> Vec<RouteNetlinkMessage> {
         if self.pending.is_empty() {
             let due = self.tracker.next_due();
@@ -545,9 +552,13 @@ impl LinkWatcher {
                 Some(Some(message)) => self.take(message),
             }
         }
-        while let Ok(Some(message)) = tokio::time::timeout(COALESCE, self.messages.next()).await {
+        let until = *self
+            .batch_until
+            .get_or_insert_with(|| tokio::time::Instant::now() + COALESCE);
+        while let Ok(Some(message)) = tokio::time::timeout_at(until, self.messages.next()).await {
             self.take(message);
         }
+        self.batch_until = None;
         std::mem::take(&mut self.pending)
     }
 
