@@ -31,6 +31,7 @@ pub mod artifacts;
 pub mod bpf_run;
 pub mod cgroup;
 pub mod client;
+pub mod daemonset;
 pub mod http;
 pub mod mock_imds;
 pub mod monitor;

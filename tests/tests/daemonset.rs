@@ -2,7 +2,8 @@
 //! the same daemon run on the host: attribution (pid, executable, parents,
 //! cgroup, container id, pod UID) must be as complete in the pod as outside.
 //!
-//! The DaemonSet's way, made as a container runtime makes it: a mount
+//! The DaemonSet's way, made as a container runtime makes it (by
+//! `imds_sandbox::daemonset`): a mount
 //! namespace whose root holds only the binary (and the shared libraries a
 //! debug build links), /proc of the host's PID namespace (hostPID), a
 //! read-only sysfs of the host's network namespace (hostNetwork: here the
@@ -13,324 +14,17 @@
 //! own; the capability bounding set of the manifest.
 
 use std::{
-    ffi::CString,
     fs,
-    os::unix::{ffi::OsStrExt as _, fs::MetadataExt as _, process::CommandExt as _},
+    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
 };
 
+use imds_sandbox::daemonset::{self, Image, Root};
 use imds_sandbox::{ContainerSpec, Monitor, Place, Sandbox, Stopped, imds_monitor_bin};
 use serde_json::Value;
 
 const V4_URL: &str = "http://169.254.169.254/latest/meta-data/instance-id";
-
-fn manifest_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes/daemonset.yaml")
-}
-
-/// The DaemonSet's pod spec, as JSON (PyYAML: Debian's python3-yaml).
-fn pod_spec() -> Value {
-    let out = Command::new("python3")
-        .args([
-            "-c",
-            "import json, sys, yaml\n\
-             docs = list(yaml.safe_load_all(open(sys.argv[1])))\n\
-             ds = [d for d in docs if d and d.get('kind') == 'DaemonSet'][0]\n\
-             print(json.dumps(ds['spec']['template']['spec']))",
-        ])
-        .arg(manifest_path())
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "reading {} needs python3 with PyYAML (apt-get install python3-yaml): {}",
-        manifest_path().display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("pod spec as JSON")
-}
-
-/// One hostPath volume mount of the manifest.
-#[derive(Debug)]
-struct HostPath {
-    host: PathBuf,
-    mount_path: PathBuf,
-    read_only: bool,
-}
-
-fn host_paths(pod: &Value) -> Vec<HostPath> {
-    let c = &pod["containers"][0];
-    c["volumeMounts"]
-        .as_array()
-        .expect("volumeMounts")
-        .iter()
-        .map(|m| {
-            let v = pod["volumes"]
-                .as_array()
-                .expect("volumes")
-                .iter()
-                .find(|v| v["name"] == m["name"])
-                .unwrap_or_else(|| panic!("no volume for {m}"));
-            HostPath {
-                host: PathBuf::from(v["hostPath"]["path"].as_str().expect("hostPath only")),
-                mount_path: PathBuf::from(m["mountPath"].as_str().unwrap()),
-                read_only: m["readOnly"] == true,
-            }
-        })
-        .collect()
-}
-
-fn capabilities(pod: &Value) -> Vec<u32> {
-    let sc = &pod["containers"][0]["securityContext"]["capabilities"];
-    assert_eq!(sc["drop"], serde_json::json!(["ALL"]));
-    sc["add"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| match v.as_str().unwrap() {
-            "NET_ADMIN" => 12,
-            "SYS_PTRACE" => 19,
-            "SYS_ADMIN" => 21,
-            "SYS_RESOURCE" => 24,
-            "PERFMON" => 38,
-            "BPF" => 39,
-            other => panic!("capability {other}: add its number here"),
-        })
-        .collect()
-}
-
-/// The container image's root directory (the binary, its libraries, mount
-/// points), and hostPath directories created for `DirectoryOrCreate` as the
-/// kubelet would; all removed on drop.
-struct Image {
-    root: PathBuf,
-    created: Vec<PathBuf>,
-}
-
-impl Drop for Image {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.root);
-        for dir in self.created.iter().rev() {
-            let _ = fs::remove_dir(dir);
-        }
-    }
-}
-
-const DEVICES: [&str; 4] = ["null", "zero", "urandom", "random"];
-
-/// Shared libraries a binary loads (a release from `cargo xtask dist` is
-/// static and has none; a debug build links glibc).
-fn shared_libraries(bin: &Path) -> Vec<PathBuf> {
-    let out = Command::new("ldd").arg(bin).output().expect("ldd");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            let path = match l.split_once("=>") {
-                Some((_, right)) => right.split_whitespace().next()?,
-                None => l.split_whitespace().next()?,
-            };
-            path.starts_with('/').then(|| PathBuf::from(path))
-        })
-        .collect()
-}
-
-fn image(bin: &Path, mounts: &[HostPath]) -> Image {
-    let root = std::env::temp_dir().join(format!("imds-ds-image-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&root);
-    let mut image = Image {
-        root: root.clone(),
-        created: Vec::new(),
-    };
-    fs::create_dir_all(&root).unwrap();
-    fs::copy(bin, root.join("imds-monitor")).unwrap();
-    for lib in shared_libraries(bin) {
-        let to = root.join(lib.strip_prefix("/").unwrap());
-        fs::create_dir_all(to.parent().unwrap()).unwrap();
-        fs::copy(&lib, &to).unwrap_or_else(|e| panic!("{}: {e}", lib.display()));
-    }
-    for d in ["proc", "sys", "dev", "tmp"] {
-        fs::create_dir_all(root.join(d)).unwrap();
-    }
-    for d in DEVICES {
-        fs::write(root.join("dev").join(d), b"").unwrap();
-    }
-    for m in mounts {
-        // Under /sys the sysfs mount has the directory.
-        if !m.mount_path.starts_with("/sys") {
-            fs::create_dir_all(root.join(m.mount_path.strip_prefix("/").unwrap())).unwrap();
-        }
-        if !m.host.exists() {
-            // DirectoryOrCreate: the kubelet makes it (and its parents).
-            let mut missing = Vec::new();
-            let mut p = m.host.as_path();
-            while !p.exists() {
-                missing.push(p.to_path_buf());
-                p = p.parent().unwrap();
-            }
-            fs::create_dir_all(&m.host).unwrap();
-            image.created.extend(missing.into_iter().rev());
-        }
-        assert!(
-            m.host.is_dir(),
-            "hostPath {} is no directory",
-            m.host.display()
-        );
-    }
-    image
-}
-
-/// Makes `cmd` (already set to join the pod's cgroup and the host's network
-/// namespace) enter the DaemonSet's view before it execs `/imds-monitor`.
-fn daemonset_view(cmd: &mut Command, image: &Image, mounts: &[HostPath], caps: Vec<u32>) {
-    // Everything the child needs, allocated before fork.
-    let cs = |p: &Path| CString::new(p.as_os_str().as_bytes()).unwrap();
-    let root = &image.root;
-    let at = |p: &Path| cs(&root.join(p.strip_prefix("/").unwrap_or(p)));
-    let c_root = cs(root);
-    let c_proc = at(Path::new("proc"));
-    let c_sys = at(Path::new("sys"));
-    let c_cgroup = at(Path::new("sys/fs/cgroup"));
-    let c_devs: Vec<(CString, CString)> = DEVICES
-        .iter()
-        .map(|d| {
-            (
-                cs(&Path::new("/dev").join(d)),
-                at(&Path::new("dev").join(d)),
-            )
-        })
-        .collect();
-    let c_mounts: Vec<(CString, CString, bool)> = mounts
-        .iter()
-        .map(|m| (cs(&m.host), at(&m.mount_path), m.read_only))
-        .collect();
-    let c = |s: &str| CString::new(s).unwrap();
-    let (c_proc_t, c_sysfs_t, c_cgroup2_t, c_dot, c_slash) =
-        (c("proc"), c("sysfs"), c("cgroup2"), c("."), c("/"));
-
-    let hook = move || -> std::io::Result<()> {
-        let fail = |what: &str| {
-            let e = std::io::Error::last_os_error();
-            Err(std::io::Error::new(e.kind(), format!("{what}: {e}")))
-        };
-        let null = std::ptr::null::<libc::c_char>();
-        let data = std::ptr::null::<libc::c_void>();
-        // SAFETY: only system calls between fork and exec, on memory
-        // allocated before the fork.
-        unsafe {
-            // The sandbox's hook ran first: the process is in the pod's
-            // cgroup, which becomes its cgroup namespace's root.
-            if libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWCGROUP) != 0 {
-                return fail("unshare");
-            }
-            if libc::mount(
-                null,
-                c_slash.as_ptr(),
-                null,
-                libc::MS_REC | libc::MS_PRIVATE,
-                data,
-            ) != 0
-            {
-                return fail("make / private");
-            }
-            let bind = |from: &CString, to: &CString, ro: bool| -> bool {
-                if libc::mount(
-                    from.as_ptr(),
-                    to.as_ptr(),
-                    null,
-                    libc::MS_BIND | libc::MS_REC,
-                    data,
-                ) != 0
-                {
-                    return false;
-                }
-                !ro || libc::mount(
-                    null,
-                    to.as_ptr(),
-                    null,
-                    libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
-                    data,
-                ) == 0
-            };
-            if !bind(&c_root, &c_root, false) {
-                return fail("bind the image");
-            }
-            let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
-            if libc::mount(
-                c_proc_t.as_ptr(),
-                c_proc.as_ptr(),
-                c_proc_t.as_ptr(),
-                flags,
-                data,
-            ) != 0
-            {
-                return fail("mount proc");
-            }
-            if libc::mount(
-                c_sysfs_t.as_ptr(),
-                c_sys.as_ptr(),
-                c_sysfs_t.as_ptr(),
-                flags | libc::MS_RDONLY,
-                data,
-            ) != 0
-            {
-                return fail("mount sysfs");
-            }
-            // What the runtime mounts there on a cgroup v2 host: the
-            // hierarchy as the pod's cgroup namespace sees it.
-            if libc::mount(
-                c_cgroup2_t.as_ptr(),
-                c_cgroup.as_ptr(),
-                c_cgroup2_t.as_ptr(),
-                flags | libc::MS_RDONLY,
-                data,
-            ) != 0
-            {
-                return fail("mount the pod's cgroup2");
-            }
-            for (from, to) in &c_devs {
-                if !bind(from, to, false) {
-                    return fail("bind a device");
-                }
-            }
-            for (from, to, ro) in &c_mounts {
-                if !bind(from, to, *ro) {
-                    return fail("bind a hostPath");
-                }
-            }
-            // readOnlyRootFilesystem.
-            if libc::mount(
-                null,
-                c_root.as_ptr(),
-                null,
-                libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
-                data,
-            ) != 0
-            {
-                return fail("make the root read-only");
-            }
-            // pivot_root(".", "."), then detach the old root (pivot_root(2)).
-            if libc::chdir(c_root.as_ptr()) != 0
-                || libc::syscall(libc::SYS_pivot_root, c_dot.as_ptr(), c_dot.as_ptr()) != 0
-                || libc::umount2(c_dot.as_ptr(), libc::MNT_DETACH) != 0
-                || libc::chdir(c_slash.as_ptr()) != 0
-            {
-                return fail("pivot_root");
-            }
-            // The manifest's capabilities: drop ALL, add its list.
-            for cap in 0..64u32 {
-                if !caps.contains(&cap) {
-                    libc::prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(cap), 0, 0, 0);
-                }
-            }
-        }
-        Ok(())
-    };
-    // SAFETY: the hook only makes system calls (see above).
-    unsafe {
-        cmd.pre_exec(hook);
-    }
-}
 
 /// Runs `program args` at `place`, waits for it, and returns its pid.
 fn run(sb: &Sandbox, place: &Place, program: &str, args: &[&str]) -> u32 {
@@ -482,14 +176,14 @@ fn ns(pid: u32, kind: &str) -> u64 {
 
 #[test]
 fn attribution_in_the_daemonsets_namespaces_is_as_complete_as_on_the_host() {
-    let pod = pod_spec();
+    let pod = daemonset::pod_spec(Path::new("python3"));
     assert_eq!(
         (pod["hostNetwork"].clone(), pod["hostPID"].clone()),
         (true.into(), true.into()),
         "the test runs the daemon with the host's network and PID namespaces"
     );
-    let mounts = host_paths(&pod);
-    let caps = capabilities(&pod);
+    let mounts = daemonset::host_paths(&pod);
+    let caps = daemonset::capabilities(&pod);
     let bin = imds_monitor_bin().expect("imds-monitor binary");
     let sb = Sandbox::builder()
         .hop_limit(2)
@@ -502,7 +196,7 @@ fn attribution_in_the_daemonsets_namespaces_is_as_complete_as_on_the_host() {
     let host_run = requests(&sb, on_host, "on the host");
 
     // (2) As the DaemonSet's pod: its own kubelet-shaped cgroup.
-    let image = image(&bin, &mounts);
+    let image = Image::new(&bin, &mounts);
     let uid = random_hex(16);
     let ds_cgroup = format!(
         "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}_{}_{}_{}_{}.slice/cri-containerd-{}.scope",
@@ -514,9 +208,9 @@ fn attribution_in_the_daemonsets_namespaces_is_as_complete_as_on_the_host() {
         random_hex(32)
     );
     let mut cmd = sb
-        .command(&Place::Host(ds_cgroup.clone()), "/imds-monitor")
+        .command(&Place::Host(ds_cgroup.clone()), daemonset::EXE)
         .expect("command");
-    daemonset_view(&mut cmd, &image, &mounts, caps.clone());
+    daemonset::enter(&mut cmd, &image, &mounts, caps.clone(), Root::ReadOnly);
     let in_pod = Monitor::start_command(cmd, &["--mode", "alert"]).expect("monitor in the pod");
 
     // It is where the manifest puts it.

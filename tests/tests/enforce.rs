@@ -284,19 +284,30 @@ executable = "{python}"
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[test]
-fn enforcement_survives_sigkill_and_a_restart_adopts_it() {
-    let sb = Sandbox::builder().hop_limit(2).build().expect("sandbox");
-    let _cleanup = imds_sandbox::PinsGuard(imds_sandbox::pin_dir(&sb));
-    let first = Monitor::start(&sb, &["--mode", "enforce"]).expect("monitor");
-    let url = "http://169.254.169.254/latest/meta-data/iam/security-credentials/";
+/// What the looping client of [`sigkill_and_restart`] asks for (IMDSv1).
+const LOOPER_URL: &str = "http://169.254.169.254/latest/meta-data/iam/security-credentials/";
+
+/// SIGKILLs `first`, an enforcing daemon started with `args`, while a client
+/// at service `looper` asks over IMDSv1 every 50 ms, restarts it with the same
+/// `args` 500 ms later and stops that one cleanly. `while_down` runs between
+/// the kill and the restart, `restarted` once the second daemon is up. Every
+/// request is reset (none answered, none hanging), none reaches IMDS, and the
+/// restarted daemon reports again. Returns how the second daemon stopped.
+fn sigkill_and_restart(
+    sb: &Sandbox,
+    first: Monitor,
+    args: &[&str],
+    while_down: impl FnOnce(),
+    restarted: impl FnOnce(&Monitor),
+) -> Stopped {
     let looper = Place::service("looper");
-    // A client asking over IMDSv1 every 50 ms, through the kill and the restart.
-    let results = std::thread::scope(|scope| {
+    let (codes, stopped) = std::thread::scope(|scope| {
         let client = scope.spawn(|| {
             (0..30)
                 .map(|_| {
-                    let out = sb.curl(&looper, &["--max-time", "3", url]).expect("curl");
+                    let out = sb
+                        .curl(&looper, &["--max-time", "3", LOOPER_URL])
+                        .expect("curl");
                     std::thread::sleep(std::time::Duration::from_millis(50));
                     out.exit_code
                 })
@@ -304,36 +315,55 @@ fn enforcement_survives_sigkill_and_a_restart_adopts_it() {
         });
         std::thread::sleep(std::time::Duration::from_millis(300));
         assert!(!first.kill().expect("SIGKILL").success());
-        // No daemon for a while: the pinned programs keep enforcing.
+        // No daemon for a while: what the killed one attached keeps enforcing.
         std::thread::sleep(std::time::Duration::from_millis(500));
-        let second = Monitor::start(&sb, &["--mode", "enforce"]).expect("restart");
-        assert_eq!(
-            second.started_event()["imds"]["enforcement"]["adopted"],
-            true
-        );
+        while_down();
+        let second = Monitor::start(sb, args).expect("restart");
+        restarted(&second);
         let codes = client.join().expect("client");
-        let stopped = second.stop().expect("stop");
-        assert!(stopped.status.success(), "{}", stopped.stderr);
-        let reported = stopped
-            .requests()
-            .iter()
-            .filter(|r| r["imds"]["verdict"] == "dropped")
-            .count();
-        assert!(reported > 0, "the restarted daemon reports again");
-        codes
+        (codes, stop(second))
     });
-    assert_eq!(results.len(), 30);
+    let reported = stopped
+        .requests()
+        .iter()
+        .filter(|r| r["imds"]["verdict"] == "dropped")
+        .count();
+    assert!(reported > 0, "the restarted daemon reports again");
+    assert_eq!(codes.len(), 30);
     assert!(
-        results.iter().all(|c| *c == Some(CURL_RECV_ERROR)),
-        "every request reset, none answered, none hanging: {results:?}"
+        codes.iter().all(|c| *c == Some(CURL_RECV_ERROR)),
+        "every request reset, none answered, none hanging: {codes:?}"
     );
     assert!(
         sb.imds_log().iter().all(|r| r.method != "GET"),
         "no IMDSv1 request reached IMDS: {:#?}",
         sb.imds_log()
     );
+    stopped
+}
+
+#[test]
+fn enforcement_survives_sigkill_and_a_restart_adopts_it() {
+    let sb = Sandbox::builder().hop_limit(2).build().expect("sandbox");
+    let _cleanup = imds_sandbox::PinsGuard(imds_sandbox::pin_dir(&sb));
+    let args = ["--mode", "enforce"];
+    let first = Monitor::start(&sb, &args).expect("monitor");
+    // The pinned programs keep enforcing while no daemon runs.
+    sigkill_and_restart(
+        &sb,
+        first,
+        &args,
+        || {},
+        |second| {
+            assert_eq!(
+                second.started_event()["imds"]["enforcement"]["adopted"],
+                true
+            );
+        },
+    );
     // A clean stop (no --persist) removes enforcement.
-    assert_eq!(sb.curl(&looper, &[url]).unwrap().status, Some(200));
+    let looper = Place::service("looper");
+    assert_eq!(sb.curl(&looper, &[LOOPER_URL]).unwrap().status, Some(200));
     assert!(!imds_sandbox::pin_dir(&sb).exists());
 }
 
@@ -414,59 +444,31 @@ fn clsact_enforcement_has_no_gap_across_sigkill_and_a_restart() {
     assert_eq!(first.started_event()["imds"]["attach_method"], "netlink");
     let before = classifier_prefs(&sb, iface);
     assert_eq!(before.len(), 1, "one classifier filter on {iface}");
-    let url = "http://169.254.169.254/latest/meta-data/iam/security-credentials/";
-    let looper = Place::service("looper");
-    let results = std::thread::scope(|scope| {
-        let client = scope.spawn(|| {
-            (0..30)
-                .map(|_| {
-                    let out = sb.curl(&looper, &["--max-time", "3", url]).expect("curl");
-                    std::thread::sleep(std::time::Duration::from_millis(50));
-                    out.exit_code
-                })
-                .collect::<Vec<_>>()
-        });
-        std::thread::sleep(std::time::Duration::from_millis(300));
-        assert!(!first.kill().expect("SIGKILL").success());
-        // No daemon for a while: the killed one's filters keep enforcing.
-        std::thread::sleep(std::time::Duration::from_millis(500));
-        assert_eq!(
-            classifier_prefs(&sb, iface),
-            before,
-            "the filter outlives it"
-        );
-        let second = Monitor::start(&sb, &args).expect("restart");
+    let stopped = sigkill_and_restart(
+        &sb,
+        first,
+        &args,
+        // The killed one's filters keep enforcing.
+        || {
+            assert_eq!(
+                classifier_prefs(&sb, iface),
+                before,
+                "the filter outlives it"
+            );
+        },
         // The stale filter went once the new one, at another priority, was in.
-        let after = classifier_prefs(&sb, iface);
-        assert_eq!(after.len(), 1, "only the new filter: {after:?}");
-        assert_ne!(after, before, "attached at a free priority");
-        let codes = client.join().expect("client");
-        let stopped = second.stop().expect("stop");
-        assert!(stopped.status.success(), "{}", stopped.stderr);
-        assert!(
-            stopped
-                .stderr
-                .contains("removed a stale imds_classify filter"),
-            "{}",
-            stopped.stderr
-        );
-        let reported = stopped
-            .requests()
-            .iter()
-            .filter(|r| r["imds"]["verdict"] == "dropped")
-            .count();
-        assert!(reported > 0, "the restarted daemon reports again");
-        codes
-    });
-    assert_eq!(results.len(), 30);
-    assert!(
-        results.iter().all(|c| *c == Some(CURL_RECV_ERROR)),
-        "every request reset, none answered, none hanging: {results:?}"
+        |_| {
+            let after = classifier_prefs(&sb, iface);
+            assert_eq!(after.len(), 1, "only the new filter: {after:?}");
+            assert_ne!(after, before, "attached at a free priority");
+        },
     );
     assert!(
-        sb.imds_log().iter().all(|r| r.method != "GET"),
-        "no IMDSv1 request reached IMDS: {:#?}",
-        sb.imds_log()
+        stopped
+            .stderr
+            .contains("removed a stale imds_classify filter"),
+        "{}",
+        stopped.stderr
     );
     // A clean stop removes the filters and the qdisc the first daemon added.
     for direction in ["egress", "ingress"] {
@@ -478,7 +480,8 @@ fn clsact_enforcement_has_no_gap_across_sigkill_and_a_restart() {
     }
     let qdiscs = host_tc(&sb, &["qdisc", "show", "dev", iface]);
     assert!(!qdiscs.contains("clsact"), "{qdiscs}");
-    assert_eq!(sb.curl(&looper, &[url]).unwrap().status, Some(200));
+    let looper = Place::service("looper");
+    assert_eq!(sb.curl(&looper, &[LOOPER_URL]).unwrap().status, Some(200));
 }
 
 /// `tc` in the sandbox's host namespace.

@@ -327,10 +327,9 @@ fn a_restart_after_the_interface_was_recreated_attaches_anew() {
     // (they went with the device).
     if second.started_event()["imds"]["attach_method"] == "tcx" {
         // stderr is read by its own thread: it may trail the stdout event.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while !second.stderr().contains("cannot be adopted") && std::time::Instant::now() < deadline
-        {
-            std::thread::sleep(Duration::from_millis(20));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !second.stderr().contains("cannot be adopted") && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(20));
         }
         assert!(
             second.stderr().contains("cannot be adopted"),

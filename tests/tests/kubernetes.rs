@@ -12,6 +12,7 @@ use std::{
 };
 
 use imds_sandbox::artifacts::{target_dir, text, workspace};
+use imds_sandbox::daemonset::{self, Image, PodCgroup, Root, manifest_path};
 use serde_json::Value;
 
 /// The validator and the Kubernetes versions it checks against: the newest
@@ -41,10 +42,6 @@ fn venv() -> PathBuf {
         assert!(out.status.success(), "pip install: {}", text(&out));
     }
     venv
-}
-
-fn manifest_path() -> PathBuf {
-    workspace().join("deploy/kubernetes/daemonset.yaml")
 }
 
 fn validate(venv: &Path, file: &Path, version: &str) -> Output {
@@ -356,20 +353,15 @@ fn oci_image_runs_in_containerd() {
     assert_eq!(out.trim(), format!("imds-monitor {version}"));
 }
 
-/// The DaemonSet's view of a node, made as a container runtime makes it:
-/// a mount namespace holding only the binary, /proc (of the host's PID
-/// namespace: hostPID), a read-only sysfs (of the host's network namespace:
-/// hostNetwork), a few device nodes, and exactly the manifest's hostPath
-/// mounts (read-only where it says so); a cgroup namespace rooted at a
-/// cgroup of its own; the capability bounding set of the manifest. There,
-/// `imds-monitor check` must pass: it loads and verifies every program,
-/// finds bpffs, cgroup2, tracefs and the route to IMDS (nothing is sent and
-/// nothing attached).
+/// The DaemonSet's view of a node, made as a container runtime makes it
+/// (`imds_sandbox::daemonset`: only the binary, hostPID, a read-only sysfs,
+/// exactly the manifest's hostPath mounts, the capability bounding set of
+/// the manifest), in a cgroup namespace rooted at a cgroup of its own. There, `imds-monitor check` must pass: it loads and verifies
+/// every program, finds bpffs, cgroup2, tracefs and the route to IMDS
+/// (nothing is sent and nothing attached).
 #[test]
 #[ignore = "needs the artifacts of `cargo xtask dist` (run: cargo xtask dist --test)"]
 fn daemonset_mounts_and_capabilities_suffice_for_check() {
-    use std::{ffi::CString, os::unix::ffi::OsStrExt as _, os::unix::process::CommandExt as _};
-
     let bin = target_dir().join("dist/imds-monitor-x86_64-linux-musl");
     if !bin.is_file() {
         eprintln!(
@@ -382,211 +374,25 @@ fn daemonset_mounts_and_capabilities_suffice_for_check() {
         eprintln!("SKIPPED: namespaces need root");
         return;
     }
-    let docs = documents(&venv());
-    let ds = docs.iter().find(|d| d["kind"] == "DaemonSet").unwrap();
-    let pod = &ds["spec"]["template"]["spec"];
+    let pod = daemonset::pod_spec(&venv().join("bin/python"));
     assert_eq!(
         (pod["hostNetwork"].clone(), pod["hostPID"].clone()),
         (true.into(), true.into())
     );
-    let c = &pod["containers"][0];
-    // (host path, container path, read-only, created here for DirectoryOrCreate)
-    let mut mounts: Vec<(PathBuf, PathBuf, bool, bool)> = Vec::new();
-    for m in c["volumeMounts"].as_array().unwrap() {
-        let v = pod["volumes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|v| v["name"] == m["name"])
-            .unwrap();
-        let host = PathBuf::from(v["hostPath"]["path"].as_str().unwrap());
-        let created = !host.exists() && v["hostPath"]["type"] == "DirectoryOrCreate";
-        if created {
-            fs::create_dir_all(&host).unwrap();
-        }
-        assert!(
-            host.is_dir(),
-            "hostPath {} missing on this host",
-            host.display()
-        );
-        mounts.push((
-            host,
-            PathBuf::from(m["mountPath"].as_str().unwrap()),
-            m["readOnly"] == true,
-            created,
-        ));
-    }
-    let caps: Vec<u32> = c["securityContext"]["capabilities"]["add"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| match v.as_str().unwrap() {
-            "NET_ADMIN" => 12,
-            "SYS_PTRACE" => 19,
-            "SYS_ADMIN" => 21,
-            "SYS_RESOURCE" => 24,
-            "PERFMON" => 38,
-            "BPF" => 39,
-            other => panic!("capability {other}: add its number here"),
-        })
-        .collect();
-
-    // The image's root: the binary and the mount points.
-    let root = std::env::temp_dir().join(format!("imds-ds-root-{}", std::process::id()));
-    fs::create_dir_all(root.join("usr/bin")).unwrap();
-    fs::copy(&bin, root.join("usr/bin/imds-monitor")).unwrap();
-    for d in ["proc", "sys", "dev", "tmp"] {
-        fs::create_dir_all(root.join(d)).unwrap();
-    }
-    let devices = ["null", "zero", "urandom", "random"];
-    for d in devices {
-        fs::write(root.join("dev").join(d), b"").unwrap();
-    }
-    for (_, path, _, _) in &mounts {
-        // Under /sys the sysfs mount provides the directory.
-        if !path.starts_with("/sys") {
-            fs::create_dir_all(root.join(path.strip_prefix("/").unwrap())).unwrap();
-        }
-    }
+    let mounts = daemonset::host_paths(&pod);
+    let caps = daemonset::capabilities(&pod);
+    let image = Image::new(&bin, &mounts);
     // The pod's cgroup, which its cgroup namespace is rooted at.
-    let cgroup2 = imds_sandbox::cgroup2_mount().expect("cgroup2 mount");
-    let cgroup = cgroup2.join(format!("imds-ds-test-{}", std::process::id()));
-    fs::create_dir_all(&cgroup).unwrap();
-
-    // Everything the child needs, allocated before fork.
-    let cs = |p: &Path| CString::new(p.as_os_str().as_bytes()).unwrap();
-    let at = |p: &Path| cs(&root.join(p.strip_prefix("/").unwrap_or(p)));
-    let c_root = cs(&root);
-    let c_proc = at(Path::new("proc"));
-    let c_sys = at(Path::new("sys"));
-    let c_devs: Vec<(CString, CString)> = devices
-        .iter()
-        .map(|d| {
-            (
-                cs(&Path::new("/dev").join(d)),
-                at(&Path::new("dev").join(d)),
-            )
-        })
-        .collect();
-    let c_mounts: Vec<(CString, CString, bool)> = mounts
-        .iter()
-        .map(|(h, p, ro, _)| (cs(h), at(p), *ro))
-        .collect();
-    let c_procs = cs(&cgroup.join("cgroup.procs"));
-    let (c_proc_t, c_sysfs_t, c_dot) = (
-        CString::new("proc").unwrap(),
-        CString::new("sysfs").unwrap(),
-        CString::new(".").unwrap(),
-    );
-    let c_slash = CString::new("/").unwrap();
-
-    let mut cmd = Command::new("/usr/bin/imds-monitor");
+    let cgroup = PodCgroup::create(&format!("imds-ds-test-{}", std::process::id()))
+        .expect("the pod's cgroup");
+    let mut cmd = Command::new(daemonset::EXE);
     cmd.arg("check");
-    // SAFETY: only system calls between fork and exec, on memory allocated
-    // before the fork.
-    unsafe {
-        cmd.pre_exec(move || {
-            let fail = |what: &str| {
-                let e = std::io::Error::last_os_error();
-                Err(std::io::Error::new(e.kind(), format!("{what}: {e}")))
-            };
-            let null = std::ptr::null::<libc::c_char>();
-            // Into the pod's cgroup, then a cgroup and a mount namespace.
-            let fd = libc::open(c_procs.as_ptr(), libc::O_WRONLY);
-            if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                return fail("cgroup.procs");
-            }
-            libc::close(fd);
-            if libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWCGROUP) != 0 {
-                return fail("unshare");
-            }
-            if libc::mount(
-                null,
-                c_slash.as_ptr(),
-                null,
-                libc::MS_REC | libc::MS_PRIVATE,
-                std::ptr::null(),
-            ) != 0
-            {
-                return fail("make / private");
-            }
-            let bind = |from: &CString, to: &CString, ro: bool| -> bool {
-                if libc::mount(
-                    from.as_ptr(),
-                    to.as_ptr(),
-                    null,
-                    libc::MS_BIND | libc::MS_REC,
-                    std::ptr::null(),
-                ) != 0
-                {
-                    return false;
-                }
-                !ro || libc::mount(
-                    null,
-                    to.as_ptr(),
-                    null,
-                    libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
-                    std::ptr::null(),
-                ) == 0
-            };
-            if !bind(&c_root, &c_root, false) {
-                return fail("bind root");
-            }
-            if libc::mount(
-                c_proc_t.as_ptr(),
-                c_proc.as_ptr(),
-                c_proc_t.as_ptr(),
-                0,
-                std::ptr::null(),
-            ) != 0
-            {
-                return fail("mount proc");
-            }
-            if libc::mount(
-                c_sysfs_t.as_ptr(),
-                c_sys.as_ptr(),
-                c_sysfs_t.as_ptr(),
-                libc::MS_RDONLY,
-                std::ptr::null(),
-            ) != 0
-            {
-                return fail("mount sysfs");
-            }
-            for (from, to) in &c_devs {
-                if !bind(from, to, false) {
-                    return fail("bind a device");
-                }
-            }
-            for (from, to, ro) in &c_mounts {
-                if !bind(from, to, *ro) {
-                    return fail("bind a hostPath");
-                }
-            }
-            // pivot_root(".", "."), then detach the old root (pivot_root(2)).
-            if libc::chdir(c_root.as_ptr()) != 0
-                || libc::syscall(libc::SYS_pivot_root, c_dot.as_ptr(), c_dot.as_ptr()) != 0
-                || libc::umount2(c_dot.as_ptr(), libc::MNT_DETACH) != 0
-                || libc::chdir(c_slash.as_ptr()) != 0
-            {
-                return fail("pivot_root");
-            }
-            // The manifest's capabilities: drop ALL, add its list.
-            for cap in 0..64u32 {
-                if !caps.contains(&cap) {
-                    libc::prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(cap), 0, 0, 0);
-                }
-            }
-            Ok(())
-        });
-    }
+    cgroup.join(&mut cmd).expect("the pod's cgroup.procs");
+    // readOnlyRootFilesystem, as the manifest says.
+    daemonset::enter(&mut cmd, &image, &mounts, caps, Root::ReadOnly);
     let out = cmd.output();
-    let _ = fs::remove_dir(&cgroup);
-    for (host, _, _, created) in &mounts {
-        if *created {
-            let _ = fs::remove_dir(host);
-        }
-    }
-    let _ = fs::remove_dir_all(&root);
+    drop(cgroup);
+    drop(image);
     let out = out.expect("run check in the DaemonSet's view");
     let report = String::from_utf8_lossy(&out.stdout);
     println!("{report}");
