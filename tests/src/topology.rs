@@ -92,6 +92,25 @@ fn prepare_namespace(ns: &NetNs) -> Result<()> {
 
 /// Wires the host, IMDS and container namespaces, which must already exist
 /// and be empty.
+/// `ip` commands that wire the IMDS side's eth0: the gateway and endpoint
+/// addresses, and the routes back (also for a test that re-creates the link).
+pub fn imds_link_commands() -> Vec<String> {
+    vec![
+        format!("addr add {IMDS_GW_V4}/24 dev eth0"),
+        format!("addr add {IMDS_GW_V6}/64 dev eth0 nodad"),
+        format!("addr add {IMDS_V4}/32 dev eth0"),
+        format!("addr add {ECS_V4}/32 dev eth0"),
+        format!("addr add {EKS_POD_IDENTITY_V4}/32 dev eth0"),
+        format!("addr add {IMDS_V6}/128 dev eth0 nodad"),
+        format!("addr add {EKS_POD_IDENTITY_V6}/128 dev eth0 nodad"),
+        "link set eth0 up".to_owned(),
+        // Container traffic is masqueraded to the host's address, but routes
+        // back keep things working if a test removes the masquerade.
+        format!("route add 198.51.100.0/24 via {HOST_V4} dev eth0"),
+        format!("route add 2001:db8:2::/64 via {HOST_V6} dev eth0"),
+    ]
+}
+
 pub(crate) fn configure(host: &NetNs, imds: &NetNs, containers: &[&NetNs]) -> Result<()> {
     for ns in [host, imds].into_iter().chain(containers.iter().copied()) {
         prepare_namespace(ns)?;
@@ -133,20 +152,7 @@ pub(crate) fn configure(host: &NetNs, imds: &NetNs, containers: &[&NetNs]) -> Re
         .context("cannot wire the host namespace")?;
 
     let mut cmds = vec!["link set lo up".to_owned()];
-    cmds.extend([
-        format!("addr add {IMDS_GW_V4}/24 dev eth0"),
-        format!("addr add {IMDS_GW_V6}/64 dev eth0 nodad"),
-        format!("addr add {IMDS_V4}/32 dev eth0"),
-        format!("addr add {ECS_V4}/32 dev eth0"),
-        format!("addr add {EKS_POD_IDENTITY_V4}/32 dev eth0"),
-        format!("addr add {IMDS_V6}/128 dev eth0 nodad"),
-        format!("addr add {EKS_POD_IDENTITY_V6}/128 dev eth0 nodad"),
-        "link set eth0 up".to_owned(),
-        // Container traffic is masqueraded to the host's address, but routes
-        // back keep things working if a test removes the masquerade.
-        format!("route add 198.51.100.0/24 via {HOST_V4} dev eth0"),
-        format!("route add 2001:db8:2::/64 via {HOST_V6} dev eth0"),
-    ]);
+    cmds.extend(imds_link_commands());
     imds.ip_batch(&cmds)
         .context("cannot wire the IMDS namespace")?;
 

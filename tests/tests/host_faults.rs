@@ -19,10 +19,7 @@ use std::{
 
 use imds_sandbox::{
     Monitor, PinsGuard, Place, Sandbox, Stopped, action, imds_monitor_bin, pin_dir, time_scale,
-    topology::{
-        ECS_V4, EKS_POD_IDENTITY_V4, EKS_POD_IDENTITY_V6, HOST_V4, HOST_V6, IMDS_GW_V4, IMDS_GW_V6,
-        IMDS_V4, IMDS_V6,
-    },
+    topology::{self, HOST_V4, HOST_V6, IMDS_GW_V4, IMDS_GW_V6},
 };
 use serde_json::Value;
 
@@ -109,18 +106,7 @@ fn recreate_host_link(sb: &Sandbox) {
         ])
         .expect("ip link add eth0");
     sb.imds_netns()
-        .ip_batch(&[
-            format!("addr add {IMDS_GW_V4}/24 dev eth0"),
-            format!("addr add {IMDS_GW_V6}/64 dev eth0 nodad"),
-            format!("addr add {IMDS_V4}/32 dev eth0"),
-            format!("addr add {ECS_V4}/32 dev eth0"),
-            format!("addr add {EKS_POD_IDENTITY_V4}/32 dev eth0"),
-            format!("addr add {IMDS_V6}/128 dev eth0 nodad"),
-            format!("addr add {EKS_POD_IDENTITY_V6}/128 dev eth0 nodad"),
-            "link set eth0 up".to_owned(),
-            format!("route add 198.51.100.0/24 via {HOST_V4} dev eth0"),
-            format!("route add 2001:db8:2::/64 via {HOST_V6} dev eth0"),
-        ])
+        .ip_batch(&topology::imds_link_commands())
         .expect("wire the IMDS side");
     restore_host_side(sb);
 }
@@ -186,11 +172,7 @@ fn interface_down_and_up_is_reported_and_enforcement_holds() {
     assert_v2_works(&sb);
 
     let stopped = stop(monitor);
-    let dropped: Vec<_> = stopped
-        .requests()
-        .into_iter()
-        .filter(|r| r["imds"]["verdict"] == "dropped")
-        .collect();
+    let dropped = stopped.dropped();
     assert_eq!(dropped.len(), 2, "{:#?}", stopped.requests());
     assert_eq!(
         records(&stopped.events, "interface-down").len(),
@@ -234,11 +216,7 @@ fn a_deleted_and_recreated_interface_is_attached_again_and_enforced() {
     assert_v1_blocked(&sb);
     assert_v2_works(&sb);
     let stopped = stop(monitor);
-    let dropped: Vec<_> = stopped
-        .requests()
-        .into_iter()
-        .filter(|r| r["imds"]["verdict"] == "dropped")
-        .collect();
+    let dropped = stopped.dropped();
     assert_eq!(dropped.len(), 1, "{:#?}", stopped.requests());
     assert_eq!(dropped[0]["imds"]["class"], "v1_get");
     assert_eq!(
@@ -339,16 +317,7 @@ fn a_restart_after_the_interface_was_recreated_attaches_anew() {
     }
     assert_v1_blocked(&sb);
     let stopped = stop(second);
-    assert_eq!(
-        stopped
-            .requests()
-            .iter()
-            .filter(|r| r["imds"]["verdict"] == "dropped")
-            .count(),
-        1,
-        "{:#?}",
-        stopped.requests()
-    );
+    assert_eq!(stopped.dropped().len(), 1, "{:#?}", stopped.requests());
 }
 
 #[test]
@@ -393,11 +362,7 @@ fn a_route_moving_to_another_interface_is_followed() {
 
     assert_v1_blocked(&sb);
     let stopped = stop(monitor);
-    let dropped: Vec<_> = stopped
-        .requests()
-        .into_iter()
-        .filter(|r| r["imds"]["verdict"] == "dropped")
-        .collect();
+    let dropped = stopped.dropped();
     assert_eq!(dropped.len(), 1, "{:#?}", stopped.requests());
     assert_eq!(
         dropped[0]["imds"]["interface"], "eth1",
