@@ -114,6 +114,14 @@ impl Stopped {
             .collect()
     }
 
+    /// The `imds-request` events whose request was dropped (reset).
+    pub fn dropped(&self) -> Vec<&Value> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r["imds"]["verdict"] == "dropped")
+            .collect()
+    }
+
     /// The last line, which must be `monitor-stopped`.
     pub fn stopped_event(&self) -> &Value {
         self.events.last().expect("monitor printed nothing")

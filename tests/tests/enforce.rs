@@ -76,10 +76,7 @@ fn enforce_drops_v1_with_a_reset_and_leaves_v2_alone() {
     monitor.wait_for_requests(12).expect("events");
     let stopped = stop(monitor);
     let requests = stopped.requests();
-    let dropped: Vec<_> = requests
-        .iter()
-        .filter(|r| r["imds"]["verdict"] == "dropped")
-        .collect();
+    let dropped = stopped.dropped();
     assert_eq!(dropped.len(), 4, "{requests:#?}");
     for d in &dropped {
         assert_eq!(d["imds"]["class"], "v1_get");
@@ -323,11 +320,7 @@ fn sigkill_and_restart(
         let codes = client.join().expect("client");
         (codes, stop(second))
     });
-    let reported = stopped
-        .requests()
-        .iter()
-        .filter(|r| r["imds"]["verdict"] == "dropped")
-        .count();
+    let reported = stopped.dropped().len();
     assert!(reported > 0, "the restarted daemon reports again");
     assert_eq!(codes.len(), 30);
     assert!(
