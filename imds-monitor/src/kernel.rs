@@ -919,7 +919,7 @@ struct ClsactFilters {
 
 impl ClsactFilters {
     fn ifindex(iface: &str) -> u32 {
-        nix::net::if_::if_nametoindex(iface).unwrap_or(0)
+        crate::interfaces::index_of(iface).unwrap_or(0)
     }
 
     fn read(iface: &str, direction: TcAttachType) -> Self {
